@@ -1,0 +1,105 @@
+//! The agent's configuration file (`/etc/cairn/agent.yaml`), delivered with
+//! the node's configuration (never inside the signed image).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentConfig {
+    pub source: SourceSettings,
+    /// kubeconfig the agent applies with.
+    pub kubeconfig: PathBuf,
+    /// allowed_signers baked into the image (stage 1 puts it in /run/cairn/trust).
+    #[serde(default = "default_trust")]
+    pub trust: PathBuf,
+    #[serde(default = "default_state")]
+    pub state_dir: PathBuf,
+    /// Kubernetes node name; defaults to the hostname.
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSettings {
+    pub url: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Seconds between polls of the repository.
+    #[serde(default = "default_interval")]
+    pub interval_seconds: u64,
+}
+
+fn default_trust() -> PathBuf {
+    PathBuf::from("/run/cairn/trust/allowed_signers")
+}
+fn default_state() -> PathBuf {
+    PathBuf::from("/var/lib/cairn")
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_interval() -> u64 {
+    30
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("agent configuration {path}: {reason}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let cfg: AgentConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        if cfg.source.interval_seconds == 0 {
+            return Err(ConfigError {
+                path: path.into(),
+                reason: "source.intervalSeconds must be at least 1".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.source.interval_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.yaml");
+        std::fs::write(&p, "source:\n  url: git://10.0.2.2/fleet.git\nkubeconfig: /etc/cairn/agent.kubeconfig\n").unwrap();
+        let c = AgentConfig::load(&p).unwrap();
+        assert_eq!(c.source.branch, "main");
+        assert_eq!(c.interval(), Duration::from_secs(30));
+        assert_eq!(c.trust, PathBuf::from("/run/cairn/trust/allowed_signers"));
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_interval_are_errors_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.yaml");
+        std::fs::write(&p, "source:\n  url: x\n  intervl: 3\nkubeconfig: k\n").unwrap();
+        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("agent.yaml") && e.contains("intervl"), "{e}");
+        std::fs::write(&p, "source:\n  url: x\n  intervalSeconds: 0\nkubeconfig: k\n").unwrap();
+        assert!(AgentConfig::load(&p).unwrap_err().to_string().contains("at least 1"));
+    }
+}

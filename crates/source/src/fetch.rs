@@ -1,0 +1,289 @@
+//! Fetching the configured branch into the local cache, with limits.
+
+use std::{
+    cell::Cell,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid, ProxyOptions,
+    RemoteCallbacks, Repository,
+};
+
+use crate::{error::FetchLimitKind, SourceConfig, SourceError};
+
+/// The ref in the cache that holds the last fetched tip.
+pub(crate) const FETCHED_REF: &str = "refs/cairn/fetched";
+/// The tip fetched the time before (kept for negotiation).
+const PREVIOUS_REF: &str = "refs/cairn/previous";
+
+/// Serializes fetches in this process: libgit2's socket timeouts are
+/// process-global options, set just before each fetch under this lock.
+static FETCH_LOCK: Mutex<()> = Mutex::new(());
+
+/// Limits on one fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Abort once more than this many bytes of pack data were received.
+    pub max_bytes: u64,
+    /// Abort once the fetch has run this long. It is checked whenever data
+    /// arrives, and the same value is the socket connect and read timeout,
+    /// so a stalled server is given up on too (git://, http(s)://; over
+    /// ssh:// stall detection is libssh2's).
+    pub max_duration: Duration,
+}
+
+impl Default for FetchLimits {
+    /// 256 MiB and 5 minutes: generous for a configuration repository.
+    fn default() -> Self {
+        FetchLimits {
+            max_bytes: 256 * 1024 * 1024,
+            max_duration: Duration::from_secs(300),
+        }
+    }
+}
+
+/// ssh transport settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshOptions {
+    /// Private key to authenticate with (the user is the one in the URL, or
+    /// `git`). Without it, only anonymous ssh is tried.
+    pub private_key: Option<std::path::PathBuf>,
+    /// An OpenSSH `known_hosts` file the server's host key must be in
+    /// (plain host patterns; hashed entries are not supported). Without it
+    /// libgit2 checks `~/.ssh/known_hosts` and refuses unknown hosts.
+    pub known_hosts: Option<std::path::PathBuf>,
+}
+
+/// Fetch `refs/heads/<branch>` from the configured URL into
+/// [`FETCHED_REF`] of the cache and return the tip.
+pub(crate) fn fetch_branch(
+    repo: &Repository,
+    cache_path: &Path,
+    cfg: &SourceConfig,
+) -> Result<Oid, SourceError> {
+    let url = cfg.url.as_str();
+    let fetch_err = |source| SourceError::Fetch {
+        url: url.to_string(),
+        source,
+    };
+    let known_hosts = match &cfg.ssh.known_hosts {
+        Some(p) => Some(KnownHosts::read(p)?),
+        None => None,
+    };
+
+    let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    set_socket_timeouts(cfg.limits.max_duration);
+
+    // A stale ref must not stand in for a branch the remote no longer has:
+    // move it aside (it stays a "have" for negotiation, so a poll after a
+    // refusal does not download everything again).
+    if let Ok(mut r) = repo.find_reference(FETCHED_REF) {
+        let git_err = |context: &str| {
+            let context = context.to_string();
+            move |source| SourceError::Git {
+                path: cache_path.to_path_buf(),
+                context,
+                source,
+            }
+        };
+        if let Some(old) = r.target() {
+            repo.reference(PREVIOUS_REF, old, true, "cairn: previous fetch")
+                .map_err(git_err("saving the previous fetch"))?;
+        }
+        r.delete()
+            .map_err(git_err("deleting the previous fetch ref"))?;
+    }
+
+    let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
+    let start = Instant::now();
+    let limits = cfg.limits;
+    let hit: Cell<Option<FetchLimitKind>> = Cell::new(None);
+    let over_time = || {
+        if start.elapsed() > limits.max_duration {
+            hit.set(Some(FetchLimitKind::Time(limits.max_duration)));
+            true
+        } else {
+            false
+        }
+    };
+    let auth_attempts = Cell::new(0u32);
+
+    let mut cbs = RemoteCallbacks::new();
+    cbs.transfer_progress(|p| {
+        if p.received_bytes() as u64 > limits.max_bytes {
+            hit.set(Some(FetchLimitKind::Bytes(limits.max_bytes)));
+            return false;
+        }
+        !over_time()
+    });
+    cbs.sideband_progress(|_| !over_time());
+    cbs.credentials(|_url, user, allowed| {
+        auth_attempts.set(auth_attempts.get() + 1);
+        if auth_attempts.get() > 3 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        let user = user.unwrap_or("git");
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user);
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Some(key) = &cfg.ssh.private_key {
+                return Cred::ssh_key(user, None, key, None);
+            }
+        }
+        Err(git2::Error::from_str(
+            "the remote asks for credentials and none are configured (only ssh keys are supported)",
+        ))
+    });
+    cbs.certificate_check(move |cert, host| match (&known_hosts, cert.as_hostkey()) {
+        (Some(kh), Some(hostkey)) => match hostkey.hostkey() {
+            Some(key) if kh.allows(host, key) => Ok(CertificateCheckStatus::CertificateOk),
+            _ => Err(git2::Error::from_str(&format!(
+                "ssh host key of {host} is not in the configured known_hosts"
+            ))),
+        },
+        // TLS: OpenSSL already checked the chain against the system CAs.
+        _ => Ok(CertificateCheckStatus::CertificatePassthrough),
+    });
+
+    let mut proxy = ProxyOptions::new();
+    proxy.auto();
+    let mut fo = FetchOptions::new();
+    fo.remote_callbacks(cbs)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false)
+        .proxy_options(proxy);
+    let refspec = format!("+refs/heads/{}:{FETCHED_REF}", cfg.branch);
+    log::debug!("fetching {url} branch {}", cfg.branch);
+    let result = remote.fetch(&[refspec.as_str()], Some(&mut fo), None);
+    drop(fo);
+    if let Err(e) = result {
+        if let Some(limit) = hit.get() {
+            return Err(SourceError::FetchLimit {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        if e.code() == git2::ErrorCode::Timeout || start.elapsed() >= limits.max_duration {
+            return Err(SourceError::FetchLimit {
+                url: url.to_string(),
+                limit: FetchLimitKind::Time(limits.max_duration),
+            });
+        }
+        return Err(fetch_err(e));
+    }
+    let stats = remote.stats();
+    log::debug!(
+        "fetched {url}: {} objects, {} bytes in {:?}",
+        stats.received_objects(),
+        stats.received_bytes(),
+        start.elapsed()
+    );
+
+    match repo.find_reference(FETCHED_REF) {
+        Ok(r) => r.target().ok_or_else(|| SourceError::BranchNotFound {
+            url: url.to_string(),
+            branch: cfg.branch.clone(),
+        }),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Err(SourceError::BranchNotFound {
+            url: url.to_string(),
+            branch: cfg.branch.clone(),
+        }),
+        Err(source) => Err(SourceError::Git {
+            path: cache_path.to_path_buf(),
+            context: format!("reading {FETCHED_REF}"),
+            source,
+        }),
+    }
+}
+
+/// Set libgit2's socket connect and read timeouts.
+#[allow(unsafe_code)]
+fn set_socket_timeouts(limit: Duration) {
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: these write two plain C ints in libgit2's global options that
+    // only its socket stream reads, when a network transport connects or
+    // reads. In this process every libgit2 network operation is a fetch made
+    // by this module while it holds FETCH_LOCK, which the caller holds now:
+    // no other thread reads or writes the options concurrently. (A program
+    // that also uses git2's network functions elsewhere must not run them
+    // while a cairn fetch is in progress.)
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
+    }
+}
+
+/// A minimal OpenSSH `known_hosts`: plain (unhashed) host patterns.
+struct KnownHosts {
+    entries: Vec<(String, Vec<u8>, bool)>,
+}
+
+impl KnownHosts {
+    fn read(path: &Path) -> Result<Self, SourceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SourceError::State {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let mut hosts = fields.next().unwrap_or("");
+            let mut revoked = false;
+            if hosts.starts_with('@') {
+                // @revoked keys are refused; @cert-authority is unsupported.
+                if hosts != "@revoked" {
+                    continue;
+                }
+                revoked = true;
+                hosts = fields.next().unwrap_or("");
+            }
+            if hosts.starts_with('|') {
+                log::warn!(
+                    "{}: hashed known_hosts entries are not supported",
+                    path.display()
+                );
+                continue;
+            }
+            let (Some(kind), Some(b64)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Ok(key) = ssh_key::PublicKey::from_openssh(&format!("{kind} {b64}")) else {
+                continue;
+            };
+            let Ok(blob) = key.to_bytes() else { continue };
+            entries.push((hosts.to_string(), blob, revoked));
+        }
+        Ok(KnownHosts { entries })
+    }
+
+    fn allows(&self, host: &str, key: &[u8]) -> bool {
+        let matches = |patterns: &str| {
+            patterns.split(',').any(|p| {
+                // `[host]:port` entries: libgit2 gives us the host only.
+                let p = p
+                    .strip_prefix('[')
+                    .and_then(|r| r.split_once("]:").map(|(h, _)| h))
+                    .unwrap_or(p);
+                crate::signers::match_pattern(host.as_bytes(), p.as_bytes())
+            })
+        };
+        let mut ok = false;
+        for (patterns, blob, revoked) in &self.entries {
+            if blob.as_slice() == key && matches(patterns) {
+                if *revoked {
+                    return false;
+                }
+                ok = true;
+            }
+        }
+        ok
+    }
+}

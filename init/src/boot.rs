@@ -1,0 +1,346 @@
+//! The stage-1 boot sequence: early mounts, modules, verified root, state,
+//! switch_root. Each step is a function over [`Sys`], so the whole sequence
+//! runs against a recording fake in unit tests.
+
+use crate::cmdline::Cmdline;
+use crate::manifest::{Manifest, MANIFEST_PATH};
+use crate::modules::ModuleIndex;
+use crate::sys::{join, Mount, MountFlags, Sys};
+use crate::InitError;
+
+/// Where the new root is assembled.
+pub const SYSROOT: &str = "/sysroot";
+/// The writable state (tmpfs in PXE mode): `/etc` upper dir and `/var`.
+pub const STATE: &str = "/state";
+/// Trust anchors baked into the initramfs; handed to stage 2 in `/run/cairn/trust`.
+pub const TRUST_DIR: &str = "/cairn/trust";
+/// Node/cluster configuration delivered beside the image (an `etc/` tree).
+pub const CONFIG_DIR: &str = "/cairn/config";
+
+fn m(source: &str, target: &str, fstype: &str, flags: MountFlags, data: Option<&str>) -> Mount {
+    Mount {
+        source: source.into(),
+        target: target.into(),
+        fstype: Some(fstype.into()),
+        flags,
+        data: data.map(str::to_string),
+    }
+}
+
+/// The early API filesystems, applied in order by [`early_mounts`].
+pub fn early_mount_table() -> Vec<Mount> {
+    let secure = MountFlags {
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        ..Default::default()
+    };
+    vec![
+        m("proc", "/proc", "proc", secure, None),
+        m("sysfs", "/sys", "sysfs", secure, None),
+        m(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MountFlags {
+                nosuid: true,
+                ..Default::default()
+            },
+            Some("mode=0755"),
+        ),
+        m(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MountFlags {
+                nosuid: true,
+                nodev: true,
+                ..Default::default()
+            },
+            Some("mode=0755"),
+        ),
+    ]
+}
+
+/// Mount the table; targets that are mount points already are left alone,
+/// so running it twice changes nothing.
+pub fn early_mounts(sys: &mut dyn Sys) -> Result<(), InitError> {
+    for mnt in early_mount_table() {
+        if sys.is_mountpoint(&mnt.target) {
+            continue;
+        }
+        sys.mkdir_all(&mnt.target)?;
+        sys.mount(&mnt)?;
+    }
+    Ok(())
+}
+
+/// Load the manifest's modules and the command line's extras, dependencies first.
+pub fn load_modules(sys: &mut dyn Sys, manifest: &Manifest, cmdline: &Cmdline) -> Result<usize, InitError> {
+    let base = format!("/lib/modules/{}", manifest.kernel);
+    let dep = sys.read_file(&format!("{base}/modules.dep"))?;
+    let builtin = sys.read_file(&format!("{base}/modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::parse(&String::from_utf8_lossy(&dep), &String::from_utf8_lossy(&builtin))?;
+    let mut wanted = manifest.modules.clone();
+    wanted.extend(cmdline.extra_modules.iter().cloned());
+    let order = index.load_order(&wanted)?;
+    for rel in &order {
+        sys.load_module(&join(&base, rel))?;
+    }
+    Ok(order.len())
+}
+
+/// Check the rootfs image against the manifest: exact size, then sha256.
+pub fn verify_rootfs(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitError> {
+    let r = &manifest.rootfs;
+    if !sys.exists(&r.path) {
+        return Err(InitError::Rootfs(format!(
+            "{} is missing from the initramfs: was the rootfs initrd loaded by the boot script?",
+            r.path
+        )));
+    }
+    let (sha, len) = sys.hash_file(&r.path)?;
+    if len != r.size {
+        return Err(InitError::Rootfs(format!(
+            "{} is {len} bytes, the manifest says {}: truncated or wrong image",
+            r.path, r.size
+        )));
+    }
+    if !sha.eq_ignore_ascii_case(&r.sha256) {
+        return Err(InitError::Rootfs(format!(
+            "{} has sha256 {sha}, the manifest says {}: refusing to boot a modified image",
+            r.path, r.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Mount the verified image read-only at [`SYSROOT`], the state tmpfs, the
+/// `/etc` overlay and `/var`.
+pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitError> {
+    let dev = sys.loop_attach_ro(&manifest.rootfs.path)?;
+    sys.mkdir_all(SYSROOT)?;
+    sys.mount(&m(
+        &dev,
+        SYSROOT,
+        &manifest.rootfs.fstype,
+        MountFlags {
+            read_only: true,
+            ..Default::default()
+        },
+        None,
+    ))?;
+    sys.mkdir_all(STATE)?;
+    sys.mount(&m("tmpfs", STATE, "tmpfs", MountFlags::default(), Some("mode=0755")))?;
+    for d in ["etc-upper", "etc-work", "var"] {
+        sys.mkdir_all(&join(STATE, d))?;
+    }
+    let etc = join(SYSROOT, "etc");
+    sys.mount(&m(
+        "overlay",
+        &etc,
+        "overlay",
+        MountFlags::default(),
+        Some(&format!(
+            "lowerdir={etc},upperdir={STATE}/etc-upper,workdir={STATE}/etc-work"
+        )),
+    ))?;
+    sys.mount(&Mount {
+        source: join(STATE, "var"),
+        target: join(SYSROOT, "var"),
+        fstype: None,
+        flags: MountFlags {
+            bind: true,
+            ..Default::default()
+        },
+        data: None,
+    })?;
+    Ok(())
+}
+
+/// Hand configuration and trust anchors to stage 2, set the hostname.
+pub fn configure(sys: &mut dyn Sys, cmdline: &Cmdline) -> Result<(), InitError> {
+    let config_etc = join(CONFIG_DIR, "etc");
+    if sys.exists(&config_etc) {
+        sys.copy_tree(&config_etc, &join(SYSROOT, "etc"))?;
+    }
+    if sys.exists(TRUST_DIR) {
+        sys.mkdir_all("/run/cairn")?;
+        sys.copy_tree(TRUST_DIR, "/run/cairn/trust")?;
+    }
+    if let Some(h) = &cmdline.hostname {
+        sys.write_file(&join(SYSROOT, "etc/hostname"), format!("{h}\n").as_bytes(), 0o644)?;
+        sys.set_hostname(h)?;
+    }
+    Ok(())
+}
+
+/// Move the API filesystems into the new root and switch to it.
+pub fn switch_root(sys: &mut dyn Sys) -> Result<(), InitError> {
+    for api in ["/dev", "/proc", "/sys", "/run"] {
+        let target = join(SYSROOT, api);
+        sys.mount(&Mount {
+            source: api.into(),
+            target,
+            fstype: None,
+            flags: MountFlags {
+                move_: true,
+                ..Default::default()
+            },
+            data: None,
+        })?;
+    }
+    sys.switch_root(SYSROOT)
+}
+
+/// The whole sequence up to (not including) exec. Prints one console line per phase.
+pub fn run(sys: &mut dyn Sys, raw_cmdline: &str, log: &mut dyn FnMut(&str)) -> Result<Cmdline, InitError> {
+    let cmdline = Cmdline::parse(raw_cmdline)?;
+    let manifest = Manifest::parse(&sys.read_file(MANIFEST_PATH)?)?;
+    log(&format!("image {} (kernel {})", manifest.version, manifest.kernel));
+    let n = load_modules(sys, &manifest, &cmdline)?;
+    log(&format!("loaded {n} modules"));
+    verify_rootfs(sys, &manifest)?;
+    log(&format!(
+        "rootfs {} verified: {} bytes, sha256 {}",
+        manifest.rootfs.path, manifest.rootfs.size, manifest.rootfs.sha256
+    ));
+    assemble_root(sys, &manifest)?;
+    configure(sys, &cmdline)?;
+    switch_root(sys)?;
+    Ok(cmdline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Call, RecordingSys};
+
+    fn fake() -> RecordingSys {
+        let manifest = Manifest {
+            version: "0.1.0".into(),
+            kernel: "6.1.0-test".into(),
+            rootfs: crate::manifest::RootfsRef {
+                path: "/cairn/rootfs.erofs".into(),
+                sha256: "ab".repeat(32),
+                size: 4096,
+                fstype: "erofs".into(),
+            },
+            modules: vec!["erofs".into(), "loop".into()],
+        };
+        let mut s = RecordingSys::default();
+        s.files.insert(MANIFEST_PATH.into(), serde_json::to_vec(&manifest).unwrap());
+        s.files.insert(
+            "/lib/modules/6.1.0-test/modules.dep".into(),
+            b"kernel/fs/erofs/erofs.ko: kernel/lib/lz4.ko\nkernel/lib/lz4.ko:\nkernel/drivers/block/loop.ko:\n".to_vec(),
+        );
+        s.files.insert("/cairn/rootfs.erofs".into(), vec![]);
+        s.files.insert("/cairn/config/etc/cairn/agent.yaml".into(), vec![]);
+        s.hash = ("ab".repeat(32), 4096);
+        s
+    }
+
+    #[test]
+    fn early_mounts_are_idempotent() {
+        let mut s = RecordingSys::default();
+        early_mounts(&mut s).unwrap();
+        let first = s.calls.len();
+        early_mounts(&mut s).unwrap();
+        assert_eq!(s.calls.len(), first, "second run must not mount again");
+        let targets: Vec<_> = s
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount(m) => Some(m.target.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(targets, ["/proc", "/sys", "/dev", "/run"]);
+    }
+
+    #[test]
+    fn full_sequence_loads_verifies_mounts_and_switches() {
+        let mut s = fake();
+        let mut lines = Vec::new();
+        let c = run(&mut s, "console=ttyS0 cairn.hostname=node1", &mut |l| lines.push(l.to_string())).unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("node1"));
+        let modules: Vec<_> = s
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::LoadModule(p) => Some(p.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            modules,
+            [
+                "/lib/modules/6.1.0-test/kernel/lib/lz4.ko",
+                "/lib/modules/6.1.0-test/kernel/fs/erofs/erofs.ko",
+                "/lib/modules/6.1.0-test/kernel/drivers/block/loop.ko"
+            ]
+        );
+        // verification happens before the image is attached
+        let hash_at = s.calls.iter().position(|c| matches!(c, Call::Hash(_))).unwrap();
+        let loop_at = s.calls.iter().position(|c| matches!(c, Call::LoopAttach(_))).unwrap();
+        assert!(hash_at < loop_at);
+        let root = s
+            .calls
+            .iter()
+            .find_map(|c| match c {
+                Call::Mount(m) if m.target == SYSROOT => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(root.flags.read_only);
+        assert_eq!(root.fstype.as_deref(), Some("erofs"));
+        let overlay = s
+            .calls
+            .iter()
+            .find_map(|c| match c {
+                Call::Mount(m) if m.target == "/sysroot/etc" => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            overlay.data.as_deref(),
+            Some("lowerdir=/sysroot/etc,upperdir=/state/etc-upper,workdir=/state/etc-work")
+        );
+        assert!(s.calls.contains(&Call::CopyTree("/cairn/config/etc".into(), "/sysroot/etc".into())));
+        assert!(s.calls.contains(&Call::Hostname("node1".into())));
+        assert_eq!(s.calls.last(), Some(&Call::SwitchRoot(SYSROOT.into())));
+        assert!(lines.iter().any(|l| l.contains("verified")));
+    }
+
+    #[test]
+    fn wrong_hash_refuses_before_mounting() {
+        let mut s = fake();
+        s.hash = ("cd".repeat(32), 4096);
+        let e = run(&mut s, "", &mut |_| {}).unwrap_err();
+        assert!(matches!(e, InitError::Rootfs(_)), "{e}");
+        assert!(e.to_string().contains("refusing to boot a modified image"));
+        assert!(!s.calls.iter().any(|c| matches!(c, Call::LoopAttach(_) | Call::SwitchRoot(_))));
+    }
+
+    #[test]
+    fn wrong_size_is_reported_as_truncation() {
+        let mut s = fake();
+        s.hash = ("ab".repeat(32), 100);
+        let e = run(&mut s, "", &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn missing_rootfs_names_the_boot_script() {
+        let mut s = fake();
+        s.files.remove("/cairn/rootfs.erofs");
+        let e = run(&mut s, "", &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("boot script"), "{e}");
+    }
+
+    #[test]
+    fn missing_manifest_is_an_error() {
+        let mut s = RecordingSys::default();
+        assert!(run(&mut s, "", &mut |_| {}).is_err());
+    }
+}

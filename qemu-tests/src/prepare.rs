@@ -1,0 +1,185 @@
+//! Everything the guest needs, built or fetched once and cached.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(30).collect();
+        bail!(
+            "{shown} failed ({}):\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// apt packages (QEMU from bookworm-backports, mkosi, etcd, Go…).
+pub fn host_packages(repo: &Path) -> Result<()> {
+    run(Command::new("bash").arg(repo.join("image-build/scripts/install-deps.sh")))?;
+    Ok(())
+}
+
+/// The pinned Kubernetes binaries' directory (built once per machine).
+pub fn kube_binaries(repo: &Path) -> Result<PathBuf> {
+    let out = run(Command::new("bash").arg(repo.join("image-build/scripts/kubernetes.sh")))?;
+    let dir = out.lines().last().map(str::trim).unwrap_or_default();
+    if dir.is_empty() || !Path::new(dir).is_dir() {
+        bail!("kubernetes.sh printed no binary directory (got {out:?})");
+    }
+    Ok(PathBuf::from(dir))
+}
+
+/// cairn's binaries for the guest.
+pub struct GuestBinaries {
+    pub init: PathBuf,
+    pub agent: PathBuf,
+    pub cairnctl: PathBuf,
+}
+
+/// Build the guest binaries in their own target dir (so this never waits
+/// on the cargo lock of the build that is running us).
+pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
+    let target = repo.join("target/guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo)
+        .current_dir(repo)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .args(["build", "--release", "--locked", "-p", "cairn-agent"]))?;
+    // stage 1 is PID 1 in an initramfs without a libc: link it statically
+    run(Command::new(&cargo)
+        .current_dir(repo)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cairn-init",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ]))?;
+    Ok(GuestBinaries {
+        init: target.join("x86_64-unknown-linux-gnu/release/cairn-init"),
+        agent: target.join("release/cairn-agent"),
+        cairnctl: target.join("release/cairnctl"),
+    })
+}
+
+/// The demo signing key (generated once per machine, never committed) and
+/// an allowed_signers file that trusts it for git.
+pub struct DemoKey {
+    pub private_key: PathBuf,
+    pub allowed_signers: PathBuf,
+    pub principal: String,
+}
+
+pub fn demo_key() -> Result<DemoKey> {
+    let dir = cairn_image::cache_dir().join("demo-key");
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("id_ed25519");
+    let principal = "cairn-demo@example.invalid".to_string();
+    if !key.exists() {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &principal, "-f"])
+            .arg(&key))?;
+    }
+    let public = std::fs::read_to_string(dir.join("id_ed25519.pub"))?;
+    let allowed = dir.join("allowed_signers");
+    let mut parts = public.split_whitespace();
+    let (kt, kb) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    std::fs::write(&allowed, format!("{principal} namespaces=\"git\" {kt} {kb}\n"))?;
+    Ok(DemoKey { private_key: key, allowed_signers: allowed, principal })
+}
+
+/// A fingerprint over the files an image is built from.
+fn fingerprint(paths: &[PathBuf], extra: &str) -> Result<String> {
+    let mut all = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(d) = stack.pop() {
+                let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().map(|e| e.path()).collect();
+                entries.sort();
+                for e in entries {
+                    if e.is_dir() {
+                        stack.push(e);
+                    } else {
+                        all.push(e);
+                    }
+                }
+            }
+        } else {
+            all.push(p.clone());
+        }
+    }
+    all.sort();
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(extra.as_bytes());
+    for f in all {
+        let (sha, _) = cairn_image::sha256_file(&f)?;
+        h.update(format!("{} {sha}\n", f.display()).as_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Build the image into `out`, or reuse the one there when nothing it is
+/// built from has changed.
+pub fn image(
+    repo: &Path,
+    out: &Path,
+    version: &str,
+    kube_bin: &Path,
+    bins: &GuestBinaries,
+    key: &DemoKey,
+) -> Result<(cairn_image::Built, bool)> {
+    let inputs = vec![
+        repo.join("mkosi.conf"),
+        repo.join("image-build/rootfs"),
+        repo.join("image-build/oci"),
+        kube_bin.to_path_buf(),
+        bins.init.clone(),
+        bins.agent.clone(),
+        bins.cairnctl.clone(),
+        key.allowed_signers.clone(),
+    ];
+    let fp = fingerprint(&inputs, version)?;
+    let stamp = out.join("fingerprint");
+    let built = |out: &Path| cairn_image::Built {
+        vmlinuz: out.join("vmlinuz"),
+        initramfs: out.join("initramfs.cpio.gz"),
+        rootfs_image: out.join("rootfs.erofs"),
+        rootfs_initrd: out.join("rootfs.cpio"),
+        rootfs_sha256: String::new(),
+        kernel_release: String::new(),
+        version: version.to_string(),
+    };
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(fp.as_str()) {
+        let b = built(out);
+        if [&b.vmlinuz, &b.initramfs, &b.rootfs_initrd].iter().all(|p| p.exists()) {
+            return Ok((b, true));
+        }
+    }
+    let _ = std::fs::remove_file(&stamp);
+    std::fs::create_dir_all(out)?;
+    let b = cairn_image::build_image(&cairn_image::BuildInputs {
+        repo_root: repo,
+        out,
+        version,
+        kube_bin,
+        init_binary: &bins.init,
+        cairn_bins: vec![bins.agent.clone(), bins.cairnctl.clone()],
+        allowed_signers: &key.allowed_signers,
+    })?;
+    std::fs::write(&stamp, &fp)?;
+    Ok((b, false))
+}
