@@ -85,7 +85,11 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("agent.yaml");
-        std::fs::write(&p, "source:\n  url: git://10.0.2.2/fleet.git\nkubeconfig: /etc/cairn/agent.kubeconfig\n").unwrap();
+        std::fs::write(
+            &p,
+            "source:\n  url: git://10.0.2.2/fleet.git\nkubeconfig: /etc/cairn/agent.kubeconfig\n",
+        )
+        .unwrap();
         let c = AgentConfig::load(&p).unwrap();
         assert_eq!(c.source.branch, "main");
         assert_eq!(c.interval(), Duration::from_secs(30));
@@ -99,7 +103,14 @@ mod tests {
         std::fs::write(&p, "source:\n  url: x\n  intervl: 3\nkubeconfig: k\n").unwrap();
         let e = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("agent.yaml") && e.contains("intervl"), "{e}");
-        std::fs::write(&p, "source:\n  url: x\n  intervalSeconds: 0\nkubeconfig: k\n").unwrap();
-        assert!(AgentConfig::load(&p).unwrap_err().to_string().contains("at least 1"));
+        std::fs::write(
+            &p,
+            "source:\n  url: x\n  intervalSeconds: 0\nkubeconfig: k\n",
+        )
+        .unwrap();
+        assert!(AgentConfig::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
     }
 }

@@ -49,9 +49,17 @@ mod tests {
         std::fs::write(r.join("proc/sys/kernel/hostname"), "node1\n").unwrap();
         std::fs::create_dir_all(r.join("etc")).unwrap();
         std::fs::write(r.join("etc/machine-id"), "abc\n").unwrap();
-        for (dev, mac) in [("lo", "00:00:00:00:00:00"), ("ens3", "52:54:00:12:34:56"), ("cni0", "0A:00:00:00:00:01")] {
+        for (dev, mac) in [
+            ("lo", "00:00:00:00:00:00"),
+            ("ens3", "52:54:00:12:34:56"),
+            ("cni0", "0A:00:00:00:00:01"),
+        ] {
             std::fs::create_dir_all(r.join("sys/class/net").join(dev)).unwrap();
-            std::fs::write(r.join("sys/class/net").join(dev).join("address"), format!("{mac}\n")).unwrap();
+            std::fs::write(
+                r.join("sys/class/net").join(dev).join("address"),
+                format!("{mac}\n"),
+            )
+            .unwrap();
         }
         let id = read(r);
         assert_eq!(id.hostname, "node1");

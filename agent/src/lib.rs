@@ -26,9 +26,16 @@ pub enum Outcome {
     /// A new commit was verified, rendered and applied.
     Applied { commit: String, objects: usize },
     /// The source refused the new history (unsigned, unknown key, rewind…).
-    Refused { commit: Option<String>, reason: String },
+    Refused {
+        commit: Option<String>,
+        reason: String,
+    },
     /// Something failed before the commit was applied (fetch, render, apply).
-    Failed { step: &'static str, commit: Option<String>, reason: String },
+    Failed {
+        step: &'static str,
+        commit: Option<String>,
+        reason: String,
+    },
 }
 
 /// Errors that stop the agent from starting at all.
@@ -69,7 +76,8 @@ pub struct Agent {
 
 impl Agent {
     pub async fn new(cfg: AgentConfig) -> Result<Agent, AgentError> {
-        let trust = cairn_source::AllowedSigners::from_file(&cfg.trust).map_err(AgentError::Trust)?;
+        let trust =
+            cairn_source::AllowedSigners::from_file(&cfg.trust).map_err(AgentError::Trust)?;
         let scfg = SourceConfig::new(
             cfg.source.url.clone(),
             cfg.source.branch.clone(),
@@ -100,7 +108,10 @@ impl Agent {
         &mut self,
         f: impl FnOnce(&mut Source) -> T + Send + 'static,
     ) -> T {
-        let mut src = self.source.take().expect("source present between reconciles");
+        let mut src = self
+            .source
+            .take()
+            .expect("source present between reconciles");
         let (src, out) = tokio::task::spawn_blocking(move || {
             let out = f(&mut src);
             (src, out)
@@ -135,13 +146,19 @@ impl Agent {
         };
         let id = commit.id();
         if !is_new && self.applied == Some(id) {
-            return Outcome::Unchanged { commit: id.to_string() };
+            return Outcome::Unchanged {
+                commit: id.to_string(),
+            };
         }
         let c2 = commit.clone();
         let tree = match self.with_source(move |s| s.checkout(&c2)).await {
             Ok(t) => t,
             Err(e) => {
-                return Outcome::Failed { step: "checkout", commit: Some(id.to_string()), reason: e.to_string() }
+                return Outcome::Failed {
+                    step: "checkout",
+                    commit: Some(id.to_string()),
+                    reason: e.to_string(),
+                }
             }
         };
         let ident = identity::read(Path::new("/"));
@@ -154,21 +171,38 @@ impl Agent {
         .expect("render task panicked");
         let rendered = match rendered {
             Ok(r) => r,
-            Err(reason) => return Outcome::Failed { step: "render", commit: Some(id.to_string()), reason },
+            Err(reason) => {
+                return Outcome::Failed {
+                    step: "render",
+                    commit: Some(id.to_string()),
+                    reason,
+                }
+            }
         };
         let report = match cairn_apply::apply(&self.client, &rendered.objects).await {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Failed { step: "apply", commit: Some(id.to_string()), reason: e.to_string() }
+                return Outcome::Failed {
+                    step: "apply",
+                    commit: Some(id.to_string()),
+                    reason: e.to_string(),
+                }
             }
         };
         if is_new {
             if let Err(e) = self.with_source(move |s| s.record(&commit)).await {
-                return Outcome::Failed { step: "record", commit: Some(id.to_string()), reason: e.to_string() };
+                return Outcome::Failed {
+                    step: "record",
+                    commit: Some(id.to_string()),
+                    reason: e.to_string(),
+                };
             }
         }
         self.applied = Some(id);
-        Outcome::Applied { commit: id.to_string(), objects: report.applied.len() }
+        Outcome::Applied {
+            commit: id.to_string(),
+            objects: report.applied.len(),
+        }
     }
 
     /// Reconcile forever at the configured interval, reporting each outcome.
@@ -180,14 +214,18 @@ impl Agent {
         loop {
             let outcome = self.reconcile_once().await;
             log_outcome(&outcome);
-            if !matches!(outcome, Outcome::Unchanged { .. }) && reported.as_ref() != Some(&outcome) {
+            if !matches!(outcome, Outcome::Unchanged { .. }) && reported.as_ref() != Some(&outcome)
+            {
                 pending = Some(outcome);
             }
             if let Some(p) = pending.take() {
                 match status::report(&self.client, &self.node_name, &p).await {
                     Ok(()) => reported = Some(p),
                     Err(e) => {
-                        log::warn!("could not report status on node {}: {e}; will retry", self.node_name);
+                        log::warn!(
+                            "could not report status on node {}: {e}; will retry",
+                            self.node_name
+                        );
                         pending = Some(p);
                     }
                 }
@@ -200,12 +238,18 @@ impl Agent {
 fn log_outcome(o: &Outcome) {
     match o {
         Outcome::Unchanged { commit } => log::debug!("commit={commit} unchanged"),
-        Outcome::Applied { commit, objects } => log::info!("commit={commit} objects={objects} applied"),
+        Outcome::Applied { commit, objects } => {
+            log::info!("commit={commit} objects={objects} applied")
+        }
         Outcome::Refused { commit, reason } => log::error!(
             "commit={} refused: {reason}; nothing applied, the recorded commit is unchanged",
             commit.as_deref().unwrap_or("?")
         ),
-        Outcome::Failed { step, commit, reason } => log::error!(
+        Outcome::Failed {
+            step,
+            commit,
+            reason,
+        } => log::error!(
             "step={step} commit={} failed: {reason}; will retry",
             commit.as_deref().unwrap_or("?")
         ),

@@ -34,16 +34,24 @@ pub fn annotations_for(o: &Outcome) -> serde_json::Value {
             ANN_REFUSED: commit.clone().unwrap_or_default(),
             ANN_ERROR: clip(reason),
         }),
-        Outcome::Failed { step, reason, .. } => json!({ ANN_ERROR: clip(&format!("{step}: {reason}")) }),
+        Outcome::Failed { step, reason, .. } => {
+            json!({ ANN_ERROR: clip(&format!("{step}: {reason}")) })
+        }
     }
 }
 
 fn event_for(o: &Outcome) -> Option<(&'static str, &'static str, String)> {
     match o {
         Outcome::Unchanged { .. } => None,
-        Outcome::Applied { commit, objects } => Some(("Normal", "Applied", format!("applied commit {commit} ({objects} objects)"))),
+        Outcome::Applied { commit, objects } => Some((
+            "Normal",
+            "Applied",
+            format!("applied commit {commit} ({objects} objects)"),
+        )),
         Outcome::Refused { reason, .. } => Some(("Warning", "SourceRefused", reason.clone())),
-        Outcome::Failed { step, reason, .. } => Some(("Warning", "ReconcileFailed", format!("{step}: {reason}"))),
+        Outcome::Failed { step, reason, .. } => {
+            Some(("Warning", "ReconcileFailed", format!("{step}: {reason}")))
+        }
     }
 }
 
@@ -53,14 +61,21 @@ pub async fn report(client: &Client, node: &str, o: &Outcome) -> Result<(), kube
     if ann.as_object().is_some_and(|m| !m.is_empty()) {
         let nodes: Api<Node> = Api::all(client.clone());
         nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": ann}})))
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": ann}})),
+            )
             .await?;
     }
     if let Some((type_, reason, message)) = event_for(o) {
         let events: Api<Event> = Api::namespaced(client.clone(), "default");
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let ev = Event {
-            metadata: ObjectMeta { generate_name: Some(format!("{node}.cairn.")), ..Default::default() },
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{node}.cairn.")),
+                ..Default::default()
+            },
             involved_object: ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Node".into()),
@@ -73,7 +88,10 @@ pub async fn report(client: &Client, node: &str, o: &Outcome) -> Result<(), kube
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now),
             count: Some(1),
-            source: Some(k8s_openapi::api::core::v1::EventSource { component: Some("cairn-agent".into()), host: Some(node.into()) }),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("cairn-agent".into()),
+                host: Some(node.into()),
+            }),
             ..Default::default()
         };
         events.create(&PostParams::default(), &ev).await?;
@@ -87,7 +105,10 @@ mod tests {
 
     #[test]
     fn applied_sets_commit_and_clears_error() {
-        let a = annotations_for(&Outcome::Applied { commit: "abc".into(), objects: 2 });
+        let a = annotations_for(&Outcome::Applied {
+            commit: "abc".into(),
+            objects: 2,
+        });
         assert_eq!(a[ANN_APPLIED], "abc");
         assert!(a[ANN_ERROR].is_null());
         assert!(a.as_object().unwrap().contains_key(ANN_ERROR));
@@ -95,7 +116,10 @@ mod tests {
 
     #[test]
     fn refusal_names_the_commit_and_reason_but_keeps_applied() {
-        let a = annotations_for(&Outcome::Refused { commit: Some("def".into()), reason: "commit def is not signed".into() });
+        let a = annotations_for(&Outcome::Refused {
+            commit: Some("def".into()),
+            reason: "commit def is not signed".into(),
+        });
         assert_eq!(a[ANN_REFUSED], "def");
         assert_eq!(a[ANN_ERROR], "commit def is not signed");
         assert!(!a.as_object().unwrap().contains_key(ANN_APPLIED));
@@ -103,7 +127,10 @@ mod tests {
 
     #[test]
     fn unchanged_patches_nothing() {
-        assert_eq!(annotations_for(&Outcome::Unchanged { commit: "x".into() }), json!({}));
+        assert_eq!(
+            annotations_for(&Outcome::Unchanged { commit: "x".into() }),
+            json!({})
+        );
         assert!(event_for(&Outcome::Unchanged { commit: "x".into() }).is_none());
     }
 }

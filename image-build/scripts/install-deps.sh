@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   # rootfs and artifacts
   mkosi debootstrap systemd-container erofs-utils cpio zstd dosfstools mtools
-  squashfs-tools cryptsetup-bin systemd-boot-efi ovmf
+  squashfs-tools cryptsetup-bin systemd-boot-efi ovmf kmod
   # guest payloads
   busybox-static libc6-dev gcc
   # Kubernetes from source

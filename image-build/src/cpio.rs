@@ -9,12 +9,31 @@ use crate::{io, Result};
 
 /// One archive member.
 pub enum Entry {
-    Dir { name: String, mode: u32 },
-    File { name: String, mode: u32, data: Vec<u8> },
+    Dir {
+        name: String,
+        mode: u32,
+    },
+    File {
+        name: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
     /// A file streamed from disk (the rootfs image).
-    DiskFile { name: String, mode: u32, path: PathBuf },
-    Symlink { name: String, target: String },
-    CharDev { name: String, mode: u32, major: u32, minor: u32 },
+    DiskFile {
+        name: String,
+        mode: u32,
+        path: PathBuf,
+    },
+    Symlink {
+        name: String,
+        target: String,
+    },
+    CharDev {
+        name: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 impl Entry {
@@ -43,30 +62,45 @@ pub fn write_archive<W: Write>(mut out: W, entries: &[Entry]) -> Result<W> {
     };
     for (i, e) in entries.iter().enumerate() {
         let name = e.name().trim_start_matches('/');
-        let b = cpio::newc::Builder::new(name).ino(i as u32 + 1).uid(0).gid(0).mtime(0);
+        let b = cpio::newc::Builder::new(name)
+            .ino(i as u32 + 1)
+            .uid(0)
+            .gid(0)
+            .mtime(0);
         match e {
             Entry::Dir { mode, .. } => {
                 let w = b.mode(S_IFDIR | mode).nlink(2).write(&mut out, 0);
                 w.finish().map_err(werr)?;
             }
             Entry::File { mode, data, .. } => {
-                let mut w = b.mode(S_IFREG | mode).nlink(1).write(&mut out, len32(data.len() as u64, name)?);
+                let mut w = b
+                    .mode(S_IFREG | mode)
+                    .nlink(1)
+                    .write(&mut out, len32(data.len() as u64, name)?);
                 w.write_all(data).map_err(werr)?;
                 w.finish().map_err(werr)?;
             }
             Entry::DiskFile { mode, path, .. } => {
                 let mut f = File::open(path).map_err(io(path))?;
                 let len = f.metadata().map_err(io(path))?.len();
-                let mut w = b.mode(S_IFREG | mode).nlink(1).write(&mut out, len32(len, name)?);
+                let mut w = b
+                    .mode(S_IFREG | mode)
+                    .nlink(1)
+                    .write(&mut out, len32(len, name)?);
                 io::copy(&mut f, &mut w).map_err(io(path))?;
                 w.finish().map_err(werr)?;
             }
             Entry::Symlink { target, .. } => {
-                let mut w = b.mode(S_IFLNK | 0o777).nlink(1).write(&mut out, target.len() as u32);
+                let mut w = b
+                    .mode(S_IFLNK | 0o777)
+                    .nlink(1)
+                    .write(&mut out, target.len() as u32);
                 w.write_all(target.as_bytes()).map_err(werr)?;
                 w.finish().map_err(werr)?;
             }
-            Entry::CharDev { mode, major, minor, .. } => {
+            Entry::CharDev {
+                mode, major, minor, ..
+            } => {
                 let w = b
                     .mode(S_IFCHR | mode)
                     .nlink(1)
@@ -113,10 +147,25 @@ mod tests {
     #[test]
     fn archive_round_trips_through_a_reader() {
         let entries = vec![
-            Entry::Dir { name: "cairn".into(), mode: 0o755 },
-            Entry::File { name: "cairn/image.json".into(), mode: 0o644, data: b"{}".to_vec() },
-            Entry::Symlink { name: "bin".into(), target: "usr/bin".into() },
-            Entry::CharDev { name: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
+            Entry::Dir {
+                name: "cairn".into(),
+                mode: 0o755,
+            },
+            Entry::File {
+                name: "cairn/image.json".into(),
+                mode: 0o644,
+                data: b"{}".to_vec(),
+            },
+            Entry::Symlink {
+                name: "bin".into(),
+                target: "usr/bin".into(),
+            },
+            Entry::CharDev {
+                name: "dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
         ];
         let bytes = write_archive(Vec::new(), &entries).unwrap();
         let mut r = cpio::NewcReader::new(&bytes[..]).unwrap();
@@ -125,7 +174,11 @@ mod tests {
             if r.entry().is_trailer() {
                 break;
             }
-            names.push((r.entry().name().to_string(), r.entry().mode(), r.entry().file_size()));
+            names.push((
+                r.entry().name().to_string(),
+                r.entry().mode(),
+                r.entry().file_size(),
+            ));
             r = cpio::NewcReader::new(r.finish().unwrap()).unwrap();
         }
         assert_eq!(names[0], ("cairn".into(), 0o040755, 0));
@@ -136,15 +189,33 @@ mod tests {
 
     #[test]
     fn equal_inputs_give_equal_bytes() {
-        let e = || vec![Entry::File { name: "a".into(), mode: 0o644, data: b"x".to_vec() }];
-        assert_eq!(write_archive(Vec::new(), &e()).unwrap(), write_archive(Vec::new(), &e()).unwrap());
+        let e = || {
+            vec![Entry::File {
+                name: "a".into(),
+                mode: 0o644,
+                data: b"x".to_vec(),
+            }]
+        };
+        assert_eq!(
+            write_archive(Vec::new(), &e()).unwrap(),
+            write_archive(Vec::new(), &e()).unwrap()
+        );
     }
 
     #[test]
     fn parents_are_listed_once_in_order() {
         assert_eq!(
-            parent_dirs(["lib/modules/6.1/kernel/a.ko", "lib/modules/6.1/modules.dep", "init"]),
-            vec!["lib", "lib/modules", "lib/modules/6.1", "lib/modules/6.1/kernel"]
+            parent_dirs([
+                "lib/modules/6.1/kernel/a.ko",
+                "lib/modules/6.1/modules.dep",
+                "init"
+            ]),
+            vec![
+                "lib",
+                "lib/modules",
+                "lib/modules/6.1",
+                "lib/modules/6.1/kernel"
+            ]
         );
     }
 }

@@ -50,8 +50,17 @@ pub fn build(inp: &InitramfsInputs) -> Result<PathBuf> {
     let read = |p: PathBuf| std::fs::read(&p).map_err(io(&p));
     let dep = read(moddir.join("modules.dep"))?;
     let builtin = read(moddir.join("modules.builtin"))?;
-    let index = ModuleIndex::parse(&String::from_utf8_lossy(&dep), &String::from_utf8_lossy(&builtin))
-        .map_err(|e| ImageError::Invalid(format!("{}: {e}", moddir.display())))?;
+    let softdep = read(moddir.join("modules.softdep"))?;
+    let alias = read(moddir.join("modules.alias"))?;
+    let index = ModuleIndex::parse(
+        &String::from_utf8_lossy(&dep),
+        &String::from_utf8_lossy(&builtin),
+    )
+    .map_err(|e| ImageError::Invalid(format!("{}: {e}", moddir.display())))?
+    .with_soft_deps(
+        &String::from_utf8_lossy(&softdep),
+        &String::from_utf8_lossy(&alias),
+    );
     let wanted: Vec<String> = STAGE1_MODULES.iter().map(|s| s.to_string()).collect();
     let files = index
         .closure(&wanted)
@@ -65,8 +74,34 @@ pub fn build(inp: &InitramfsInputs) -> Result<PathBuf> {
         data: read(inp.init_binary.to_path_buf())?,
     });
     let base = format!("lib/modules/{kver}");
-    add(Entry::File { name: format!("{base}/modules.dep"), mode: 0o644, data: dep });
-    add(Entry::File { name: format!("{base}/modules.builtin"), mode: 0o644, data: builtin });
+    add(Entry::File {
+        name: format!("{base}/modules.dep"),
+        mode: 0o644,
+        data: dep,
+    });
+    add(Entry::File {
+        name: format!("{base}/modules.builtin"),
+        mode: 0o644,
+        data: builtin,
+    });
+    add(Entry::File {
+        name: format!("{base}/modules.softdep"),
+        mode: 0o644,
+        data: softdep,
+    });
+    // only the aliases of modules that are here
+    let present: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            let file = f.rsplit('/').next().unwrap_or(f);
+            cairn_init::modules::normalize(file.trim_end_matches(".ko"))
+        })
+        .collect();
+    add(Entry::File {
+        name: format!("{base}/modules.alias"),
+        mode: 0o644,
+        data: index.aliases_for(&present).into_bytes(),
+    });
     for f in &files {
         add(Entry::File {
             name: format!("{base}/{f}"),
@@ -81,13 +116,30 @@ pub fn build(inp: &InitramfsInputs) -> Result<PathBuf> {
         data: serde_json::to_vec_pretty(&m).expect("json"),
     });
     for (name, data) in &inp.trust {
-        add(Entry::File { name: format!("cairn/trust/{name}"), mode: 0o644, data: data.clone() });
+        add(Entry::File {
+            name: format!("cairn/trust/{name}"),
+            mode: 0o644,
+            data: data.clone(),
+        });
     }
     for d in ["dev", "proc", "sys", "run", "sysroot", "state"] {
-        add(Entry::Dir { name: d.into(), mode: 0o755 });
+        add(Entry::Dir {
+            name: d.into(),
+            mode: 0o755,
+        });
     }
-    add(Entry::CharDev { name: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
-    add(Entry::CharDev { name: "dev/null".into(), mode: 0o666, major: 1, minor: 3 });
+    add(Entry::CharDev {
+        name: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    add(Entry::CharDev {
+        name: "dev/null".into(),
+        mode: 0o666,
+        major: 1,
+        minor: 3,
+    });
 
     let names: Vec<String> = members.iter().map(|(n, _)| n.clone()).collect();
     let mut entries: Vec<Entry> = parent_dirs(names.iter().map(String::as_str))
@@ -114,8 +166,15 @@ pub fn rootfs_initrd(rootfs: &Rootfs, out_dir: &Path) -> Result<PathBuf> {
     let out = out_dir.join("rootfs.cpio");
     let f = std::io::BufWriter::new(std::fs::File::create(&out).map_err(io(&out))?);
     let entries = vec![
-        Entry::Dir { name: "cairn".into(), mode: 0o755 },
-        Entry::DiskFile { name: ROOTFS_PATH.into(), mode: 0o444, path: rootfs.image.clone() },
+        Entry::Dir {
+            name: "cairn".into(),
+            mode: 0o755,
+        },
+        Entry::DiskFile {
+            name: ROOTFS_PATH.into(),
+            mode: 0o444,
+            path: rootfs.image.clone(),
+        },
     ];
     let mut w = write_archive(f, &entries)?;
     w.flush().map_err(io(&out))?;

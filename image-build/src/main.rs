@@ -57,7 +57,15 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().cmd {
-        Cmd::Build { out, version, kube_bin, init, bins, allowed_signers, repo } => {
+        Cmd::Build {
+            out,
+            version,
+            kube_bin,
+            init,
+            bins,
+            allowed_signers,
+            repo,
+        } => {
             let repo = repo.unwrap_or_else(cairn_image::default_repo_root);
             let built = cairn_image::build_image(&cairn_image::BuildInputs {
                 repo_root: &repo,
@@ -72,7 +80,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&built.summary())?);
         }
         Cmd::Pki { out, node, sans } => {
-            let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec { node_name: &node, api_sans: &sans })?;
+            let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {
+                node_name: &node,
+                api_sans: &sans,
+            })?;
             cairn_image::pki::write_node_tree(&pki, &out)?;
             println!("{}", out.display());
         }

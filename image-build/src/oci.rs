@@ -42,7 +42,8 @@ fn layer_tar(files: &[LayerFile]) -> Result<Vec<u8>> {
         h.set_size(0);
         h.set_mtime(0);
         h.set_cksum();
-        b.append_data(&mut h, format!("{d}/"), std::io::empty()).map_err(werr)?;
+        b.append_data(&mut h, format!("{d}/"), std::io::empty())
+            .map_err(werr)?;
     }
     for f in files {
         let mut h = tar::Header::new_gnu();
@@ -50,7 +51,8 @@ fn layer_tar(files: &[LayerFile]) -> Result<Vec<u8>> {
         h.set_size(f.data.len() as u64);
         h.set_mtime(0);
         h.set_cksum();
-        b.append_data(&mut h, f.path.trim_start_matches('/'), &f.data[..]).map_err(werr)?;
+        b.append_data(&mut h, f.path.trim_start_matches('/'), &f.data[..])
+            .map_err(werr)?;
     }
     b.into_inner().map_err(werr)
 }
@@ -93,7 +95,10 @@ pub fn write_docker_archive(spec: &ImageSpec, out: &Path) -> Result<()> {
     };
     add(&format!("{config_id}.json"), &config_bytes)?;
     add(&format!("{diff_id}/layer.tar"), &layer)?;
-    add("manifest.json", &serde_json::to_vec(&manifest).expect("json"))?;
+    add(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).expect("json"),
+    )?;
     b.into_inner().map_err(io(out))?;
     Ok(())
 }
@@ -141,7 +146,15 @@ pub fn hello_image(repo_root: &Path) -> Result<ImageSpec> {
             },
         ],
         entrypoint: vec![],
-        cmd: vec!["/bin/busybox".into(), "httpd".into(), "-f".into(), "-p".into(), "8080".into(), "-h".into(), "/www".into()],
+        cmd: vec![
+            "/bin/busybox".into(),
+            "httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            "8080".into(),
+            "-h".into(),
+            "/www".into(),
+        ],
         user: Some("65534".into()),
     })
 }
@@ -156,7 +169,11 @@ mod tests {
         let out = dir.path().join("img.tar");
         let spec = ImageSpec {
             reference: "localhost/cairn/test:1".into(),
-            files: vec![LayerFile { path: "bin/x".into(), mode: 0o755, data: b"hi".to_vec() }],
+            files: vec![LayerFile {
+                path: "bin/x".into(),
+                mode: 0o755,
+                data: b"hi".to_vec(),
+            }],
             entrypoint: vec!["/bin/x".into()],
             cmd: vec![],
             user: None,

@@ -72,10 +72,16 @@ fn leaf(
             Err(_) => SanType::DnsName(s.clone().try_into().map_err(pki_err(s))?),
         });
     }
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     p.extended_key_usages = vec![eku];
     let cert = p.signed_by(&key, issuer).map_err(pki_err(cn))?;
-    Ok(Pair { cert: cert.pem(), key: key.serialize_pem() })
+    Ok(Pair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// Generate a fresh cluster PKI.
@@ -84,11 +90,19 @@ pub fn generate(spec: &PkiSpec) -> Result<ClusterPki> {
     let mut cap = CertificateParams::default();
     validity(&mut cap);
     cap.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365 * 10);
-    cap.distinguished_name.push(DnType::CommonName, "cairn-cluster-ca");
+    cap.distinguished_name
+        .push(DnType::CommonName, "cairn-cluster-ca");
     cap.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    cap.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    cap.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = cap.self_signed(&ca_key).map_err(pki_err("CA"))?;
-    let ca = Pair { cert: ca_cert.pem(), key: ca_key.serialize_pem() };
+    let ca = Pair {
+        cert: ca_cert.pem(),
+        key: ca_key.serialize_pem(),
+    };
     let issuer = Issuer::new(cap, ca_key);
 
     let mut sans: Vec<String> = [
@@ -114,9 +128,15 @@ pub fn generate(spec: &PkiSpec) -> Result<ClusterPki> {
         apiserver_kubelet_client: client("kube-apiserver-kubelet-client", Some("system:masters"))?,
         controller_manager: client("system:kube-controller-manager", None)?,
         scheduler: client("system:kube-scheduler", None)?,
-        kubelet: client(&format!("system:node:{}", spec.node_name), Some("system:nodes"))?,
+        kubelet: client(
+            &format!("system:node:{}", spec.node_name),
+            Some("system:nodes"),
+        )?,
         admin: client("cairn-admin", Some("system:masters"))?,
-        agent: client(&format!("cairn-agent:{}", spec.node_name), Some("system:masters"))?,
+        agent: client(
+            &format!("cairn-agent:{}", spec.node_name),
+            Some("system:masters"),
+        )?,
         sa_private: sa.serialize_pem(),
         sa_public: sa.public_key_pem(),
         ca,
@@ -141,16 +161,53 @@ pub fn write_node_tree(pki: &ClusterPki, root: &Path) -> Result<()> {
     let files: Vec<(&str, String, u32)> = vec![
         ("etc/kubernetes/pki/ca.crt", pki.ca.cert.clone(), 0o644),
         ("etc/kubernetes/pki/ca.key", pki.ca.key.clone(), 0o600),
-        ("etc/kubernetes/pki/apiserver.crt", pki.apiserver.cert.clone(), 0o644),
-        ("etc/kubernetes/pki/apiserver.key", pki.apiserver.key.clone(), 0o600),
-        ("etc/kubernetes/pki/apiserver-kubelet-client.crt", pki.apiserver_kubelet_client.cert.clone(), 0o644),
-        ("etc/kubernetes/pki/apiserver-kubelet-client.key", pki.apiserver_kubelet_client.key.clone(), 0o600),
+        (
+            "etc/kubernetes/pki/apiserver.crt",
+            pki.apiserver.cert.clone(),
+            0o644,
+        ),
+        (
+            "etc/kubernetes/pki/apiserver.key",
+            pki.apiserver.key.clone(),
+            0o600,
+        ),
+        (
+            "etc/kubernetes/pki/apiserver-kubelet-client.crt",
+            pki.apiserver_kubelet_client.cert.clone(),
+            0o644,
+        ),
+        (
+            "etc/kubernetes/pki/apiserver-kubelet-client.key",
+            pki.apiserver_kubelet_client.key.clone(),
+            0o600,
+        ),
         ("etc/kubernetes/pki/sa.key", pki.sa_private.clone(), 0o600),
         ("etc/kubernetes/pki/sa.pub", pki.sa_public.clone(), 0o644),
-        ("etc/kubernetes/controller-manager.kubeconfig", kubeconfig(local, &pki.ca.cert, &pki.controller_manager, "controller-manager"), 0o600),
-        ("etc/kubernetes/scheduler.kubeconfig", kubeconfig(local, &pki.ca.cert, &pki.scheduler, "scheduler"), 0o600),
-        ("etc/kubernetes/kubelet.kubeconfig", kubeconfig(local, &pki.ca.cert, &pki.kubelet, "kubelet"), 0o600),
-        ("etc/cairn/agent.kubeconfig", kubeconfig(local, &pki.ca.cert, &pki.agent, "cairn-agent"), 0o600),
+        (
+            "etc/kubernetes/controller-manager.kubeconfig",
+            kubeconfig(
+                local,
+                &pki.ca.cert,
+                &pki.controller_manager,
+                "controller-manager",
+            ),
+            0o600,
+        ),
+        (
+            "etc/kubernetes/scheduler.kubeconfig",
+            kubeconfig(local, &pki.ca.cert, &pki.scheduler, "scheduler"),
+            0o600,
+        ),
+        (
+            "etc/kubernetes/kubelet.kubeconfig",
+            kubeconfig(local, &pki.ca.cert, &pki.kubelet, "kubelet"),
+            0o600,
+        ),
+        (
+            "etc/cairn/agent.kubeconfig",
+            kubeconfig(local, &pki.ca.cert, &pki.agent, "cairn-agent"),
+            0o600,
+        ),
     ];
     for (rel, content, mode) in files {
         let p = root.join(rel);
@@ -169,15 +226,23 @@ mod tests {
 
     #[test]
     fn generates_a_tree_with_keys_private_and_sans_present() {
-        let pki = generate(&PkiSpec { node_name: "node1", api_sans: &["10.0.2.15".into()] }).unwrap();
+        let pki = generate(&PkiSpec {
+            node_name: "node1",
+            api_sans: &["10.0.2.15".into()],
+        })
+        .unwrap();
         assert!(pki.ca.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(pki.sa_public.contains("PUBLIC KEY"));
         let d = tempfile::tempdir().unwrap();
         write_node_tree(&pki, d.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.path().join("etc/kubernetes/pki/ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("etc/kubernetes/pki/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let kc = std::fs::read_to_string(d.path().join("etc/kubernetes/kubelet.kubeconfig")).unwrap();
+        let kc =
+            std::fs::read_to_string(d.path().join("etc/kubernetes/kubelet.kubeconfig")).unwrap();
         assert!(kc.contains("server: https://127.0.0.1:6443"));
         let parsed: serde_yaml::Value = serde_yaml::from_str(&kc).unwrap();
         assert_eq!(parsed["users"][0]["name"], "kubelet");

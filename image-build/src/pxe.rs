@@ -18,7 +18,12 @@ pub struct BootScript<'a> {
 }
 
 /// Kernel arguments every cairn boot gets.
-pub const BASE_ARGS: &[&str] = &["console=ttyS0,115200", "mitigations=off", "panic=10", "systemd.show_status=1"];
+pub const BASE_ARGS: &[&str] = &[
+    "console=ttyS0,115200",
+    "mitigations=off",
+    "panic=10",
+    "systemd.show_status=1",
+];
 
 /// The iPXE script text.
 pub fn ipxe_script(s: &BootScript) -> String {
@@ -44,7 +49,12 @@ pub fn config_initrd(tree: &Path, out: &Path) -> Result<PathBuf> {
             source: e.into(),
         })?;
         if e.file_type().is_file() {
-            let rel = e.path().strip_prefix(tree).expect("under tree").display().to_string();
+            let rel = e
+                .path()
+                .strip_prefix(tree)
+                .expect("under tree")
+                .display()
+                .to_string();
             let mode = e.metadata().map_err(|er| crate::ImageError::Io {
                 path: e.path().to_path_buf(),
                 source: er.into(),
@@ -60,7 +70,11 @@ pub fn config_initrd(tree: &Path, out: &Path) -> Result<PathBuf> {
         .into_iter()
         .map(|name| Entry::Dir { name, mode: 0o755 })
         .collect();
-    entries.extend(files.into_iter().map(|(name, mode, data)| Entry::File { name, mode, data }));
+    entries.extend(
+        files
+            .into_iter()
+            .map(|(name, mode, data)| Entry::File { name, mode, data }),
+    );
     let f = std::fs::File::create(out).map_err(io(out))?;
     let mut w = write_archive(std::io::BufWriter::new(f), &entries)?;
     w.flush().map_err(io(out))?;
@@ -101,7 +115,11 @@ mod tests {
         let tree = d.path().join("tree");
         std::fs::create_dir_all(tree.join("etc/cairn")).unwrap();
         std::fs::write(tree.join("etc/cairn/secret"), b"s").unwrap();
-        std::fs::set_permissions(tree.join("etc/cairn/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            tree.join("etc/cairn/secret"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let out = config_initrd(&tree, &d.path().join("c.cpio")).unwrap();
         let bytes = std::fs::read(out).unwrap();
         let mut r = cpio::NewcReader::new(&bytes[..]).unwrap();
@@ -110,7 +128,10 @@ mod tests {
             seen.push((r.entry().name().to_string(), r.entry().mode()));
             r = cpio::NewcReader::new(r.finish().unwrap()).unwrap();
         }
-        assert!(seen.contains(&("cairn/config/etc/cairn/secret".into(), 0o100600)), "{seen:?}");
+        assert!(
+            seen.contains(&("cairn/config/etc/cairn/secret".into(), 0o100600)),
+            "{seen:?}"
+        );
         assert_eq!(seen[0].0, "cairn");
     }
 }

@@ -64,7 +64,10 @@ pub const TRIM: &[&str] = &[
 pub const ENABLE: &[(&str, &str)] = &[
     ("systemd-networkd.service", "multi-user.target.wants"),
     ("systemd-networkd.socket", "sockets.target.wants"),
-    ("systemd-networkd-wait-online.service", "network-online.target.wants"),
+    (
+        "systemd-networkd-wait-online.service",
+        "network-online.target.wants",
+    ),
     ("systemd-resolved.service", "multi-user.target.wants"),
     ("etcd.service", "multi-user.target.wants"),
     ("containerd.service", "multi-user.target.wants"),
@@ -99,7 +102,11 @@ fn kernel_release(tree: &Path) -> Result<String> {
     let boot = tree.join("boot");
     let mut found = Vec::new();
     for e in std::fs::read_dir(&boot).map_err(io(&boot))? {
-        let name = e.map_err(io(&boot))?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .map_err(io(&boot))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if let Some(r) = name.strip_prefix("vmlinuz-") {
             found.push(r.to_string());
         }
@@ -181,7 +188,11 @@ pub fn build(inp: &RootfsInputs) -> Result<Rootfs> {
         .arg(&staging))?;
 
     for b in KUBE_BINARIES {
-        install(&inp.kube_bin.join(b), &staging.join("usr/bin").join(b), 0o755)?;
+        install(
+            &inp.kube_bin.join(b),
+            &staging.join("usr/bin").join(b),
+            0o755,
+        )?;
     }
     for b in &inp.cairn_bins {
         let name = b
@@ -215,7 +226,8 @@ pub fn build(inp: &RootfsInputs) -> Result<Rootfs> {
     std::fs::create_dir_all(version_file.parent().expect("parent")).map_err(io(&version_file))?;
     std::fs::write(&version_file, format!("{}\n", inp.version)).map_err(io(&version_file))?;
     // machine-id is generated on first boot
-    std::fs::write(staging.join("etc/machine-id"), b"").map_err(io(staging.join("etc/machine-id")))?;
+    std::fs::write(staging.join("etc/machine-id"), b"")
+        .map_err(io(staging.join("etc/machine-id")))?;
 
     let image = inp.out.join("rootfs.erofs");
     remove(&image)?;
@@ -244,14 +256,23 @@ mod tests {
     #[test]
     fn every_enabled_unit_is_shipped_or_comes_from_debian() {
         let root = crate::default_repo_root().join("image-build/rootfs");
-        let ours = ["etcd.service", "cairn-images.service", "kube-apiserver.service",
-            "kube-controller-manager.service", "kube-scheduler.service", "kubelet.service",
-            "cairn-agent.service"];
+        let ours = [
+            "etcd.service",
+            "cairn-images.service",
+            "kube-apiserver.service",
+            "kube-controller-manager.service",
+            "kube-scheduler.service",
+            "kubelet.service",
+            "cairn-agent.service",
+        ];
         for u in ours {
             let shipped = root.join("usr/lib/systemd/system").join(u).exists()
                 || root.join("etc/systemd/system").join(u).exists();
             assert!(shipped, "{u} is enabled but not in image-build/rootfs");
-            assert!(ENABLE.iter().any(|(e, _)| *e == u), "{u} shipped but not enabled");
+            assert!(
+                ENABLE.iter().any(|(e, _)| *e == u),
+                "{u} shipped but not enabled"
+            );
         }
     }
 
@@ -263,7 +284,10 @@ mod tests {
         std::fs::write(d.path().join("boot/vmlinuz-6.1.0-1-amd64"), b"").unwrap();
         assert_eq!(kernel_release(d.path()).unwrap(), "6.1.0-1-amd64");
         std::fs::write(d.path().join("boot/vmlinuz-6.1.0-2-amd64"), b"").unwrap();
-        assert!(kernel_release(d.path()).unwrap_err().to_string().contains("several"));
+        assert!(kernel_release(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("several"));
     }
 
     #[test]

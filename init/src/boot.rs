@@ -76,11 +76,30 @@ pub fn early_mounts(sys: &mut dyn Sys) -> Result<(), InitError> {
 }
 
 /// Load the manifest's modules and the command line's extras, dependencies first.
-pub fn load_modules(sys: &mut dyn Sys, manifest: &Manifest, cmdline: &Cmdline) -> Result<usize, InitError> {
+pub fn load_modules(
+    sys: &mut dyn Sys,
+    manifest: &Manifest,
+    cmdline: &Cmdline,
+) -> Result<usize, InitError> {
     let base = format!("/lib/modules/{}", manifest.kernel);
     let dep = sys.read_file(&format!("{base}/modules.dep"))?;
-    let builtin = sys.read_file(&format!("{base}/modules.builtin")).unwrap_or_default();
-    let index = ModuleIndex::parse(&String::from_utf8_lossy(&dep), &String::from_utf8_lossy(&builtin))?;
+    let builtin = sys
+        .read_file(&format!("{base}/modules.builtin"))
+        .unwrap_or_default();
+    let softdep = sys
+        .read_file(&format!("{base}/modules.softdep"))
+        .unwrap_or_default();
+    let alias = sys
+        .read_file(&format!("{base}/modules.alias"))
+        .unwrap_or_default();
+    let index = ModuleIndex::parse(
+        &String::from_utf8_lossy(&dep),
+        &String::from_utf8_lossy(&builtin),
+    )?
+    .with_soft_deps(
+        &String::from_utf8_lossy(&softdep),
+        &String::from_utf8_lossy(&alias),
+    );
     let mut wanted = manifest.modules.clone();
     wanted.extend(cmdline.extra_modules.iter().cloned());
     let order = index.load_order(&wanted)?;
@@ -131,7 +150,13 @@ pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitE
         None,
     ))?;
     sys.mkdir_all(STATE)?;
-    sys.mount(&m("tmpfs", STATE, "tmpfs", MountFlags::default(), Some("mode=0755")))?;
+    sys.mount(&m(
+        "tmpfs",
+        STATE,
+        "tmpfs",
+        MountFlags::default(),
+        Some("mode=0755"),
+    ))?;
     for d in ["etc-upper", "etc-work", "var"] {
         sys.mkdir_all(&join(STATE, d))?;
     }
@@ -155,6 +180,19 @@ pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitE
         },
         data: None,
     })?;
+    // The root is read-only: /tmp must be writable before systemd starts
+    // (its sandboxing makes private /dev directories under /tmp).
+    sys.mount(&m(
+        "tmpfs",
+        &join(SYSROOT, "tmp"),
+        "tmpfs",
+        MountFlags {
+            nosuid: true,
+            nodev: true,
+            ..Default::default()
+        },
+        Some("mode=1777"),
+    ))?;
     Ok(())
 }
 
@@ -169,7 +207,11 @@ pub fn configure(sys: &mut dyn Sys, cmdline: &Cmdline) -> Result<(), InitError> 
         sys.copy_tree(TRUST_DIR, "/run/cairn/trust")?;
     }
     if let Some(h) = &cmdline.hostname {
-        sys.write_file(&join(SYSROOT, "etc/hostname"), format!("{h}\n").as_bytes(), 0o644)?;
+        sys.write_file(
+            &join(SYSROOT, "etc/hostname"),
+            format!("{h}\n").as_bytes(),
+            0o644,
+        )?;
         sys.set_hostname(h)?;
     }
     Ok(())
@@ -194,10 +236,17 @@ pub fn switch_root(sys: &mut dyn Sys) -> Result<(), InitError> {
 }
 
 /// The whole sequence up to (not including) exec. Prints one console line per phase.
-pub fn run(sys: &mut dyn Sys, raw_cmdline: &str, log: &mut dyn FnMut(&str)) -> Result<Cmdline, InitError> {
+pub fn run(
+    sys: &mut dyn Sys,
+    raw_cmdline: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<Cmdline, InitError> {
     let cmdline = Cmdline::parse(raw_cmdline)?;
     let manifest = Manifest::parse(&sys.read_file(MANIFEST_PATH)?)?;
-    log(&format!("image {} (kernel {})", manifest.version, manifest.kernel));
+    log(&format!(
+        "image {} (kernel {})",
+        manifest.version, manifest.kernel
+    ));
     let n = load_modules(sys, &manifest, &cmdline)?;
     log(&format!("loaded {n} modules"));
     verify_rootfs(sys, &manifest)?;
@@ -229,13 +278,15 @@ mod tests {
             modules: vec!["erofs".into(), "loop".into()],
         };
         let mut s = RecordingSys::default();
-        s.files.insert(MANIFEST_PATH.into(), serde_json::to_vec(&manifest).unwrap());
+        s.files
+            .insert(MANIFEST_PATH.into(), serde_json::to_vec(&manifest).unwrap());
         s.files.insert(
             "/lib/modules/6.1.0-test/modules.dep".into(),
             b"kernel/fs/erofs/erofs.ko: kernel/lib/lz4.ko\nkernel/lib/lz4.ko:\nkernel/drivers/block/loop.ko:\n".to_vec(),
         );
         s.files.insert("/cairn/rootfs.erofs".into(), vec![]);
-        s.files.insert("/cairn/config/etc/cairn/agent.yaml".into(), vec![]);
+        s.files
+            .insert("/cairn/config/etc/cairn/agent.yaml".into(), vec![]);
         s.hash = ("ab".repeat(32), 4096);
         s
     }
@@ -262,7 +313,10 @@ mod tests {
     fn full_sequence_loads_verifies_mounts_and_switches() {
         let mut s = fake();
         let mut lines = Vec::new();
-        let c = run(&mut s, "console=ttyS0 cairn.hostname=node1", &mut |l| lines.push(l.to_string())).unwrap();
+        let c = run(&mut s, "console=ttyS0 cairn.hostname=node1", &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
         assert_eq!(c.hostname.as_deref(), Some("node1"));
         let modules: Vec<_> = s
             .calls
@@ -281,8 +335,16 @@ mod tests {
             ]
         );
         // verification happens before the image is attached
-        let hash_at = s.calls.iter().position(|c| matches!(c, Call::Hash(_))).unwrap();
-        let loop_at = s.calls.iter().position(|c| matches!(c, Call::LoopAttach(_))).unwrap();
+        let hash_at = s
+            .calls
+            .iter()
+            .position(|c| matches!(c, Call::Hash(_)))
+            .unwrap();
+        let loop_at = s
+            .calls
+            .iter()
+            .position(|c| matches!(c, Call::LoopAttach(_)))
+            .unwrap();
         assert!(hash_at < loop_at);
         let root = s
             .calls
@@ -302,11 +364,15 @@ mod tests {
                 _ => None,
             })
             .unwrap();
+        assert!(s.calls.iter().any(|c| matches!(c, Call::Mount(m) if m.target == "/sysroot/tmp" && m.data.as_deref() == Some("mode=1777"))));
         assert_eq!(
             overlay.data.as_deref(),
             Some("lowerdir=/sysroot/etc,upperdir=/state/etc-upper,workdir=/state/etc-work")
         );
-        assert!(s.calls.contains(&Call::CopyTree("/cairn/config/etc".into(), "/sysroot/etc".into())));
+        assert!(s.calls.contains(&Call::CopyTree(
+            "/cairn/config/etc".into(),
+            "/sysroot/etc".into()
+        )));
         assert!(s.calls.contains(&Call::Hostname("node1".into())));
         assert_eq!(s.calls.last(), Some(&Call::SwitchRoot(SYSROOT.into())));
         assert!(lines.iter().any(|l| l.contains("verified")));
@@ -319,7 +385,10 @@ mod tests {
         let e = run(&mut s, "", &mut |_| {}).unwrap_err();
         assert!(matches!(e, InitError::Rootfs(_)), "{e}");
         assert!(e.to_string().contains("refusing to boot a modified image"));
-        assert!(!s.calls.iter().any(|c| matches!(c, Call::LoopAttach(_) | Call::SwitchRoot(_))));
+        assert!(!s
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::LoopAttach(_) | Call::SwitchRoot(_))));
     }
 
     #[test]

@@ -17,7 +17,10 @@ fn fail(sys: &mut RealSys, on_failure: OnFailure, err: &dyn std::fmt::Display) -
     console(sys, &format!("FATAL: {err}"));
     match on_failure {
         OnFailure::Halt => {
-            console(sys, "halted (cairn.on_failure=halt); reset the machine to retry");
+            console(
+                sys,
+                "halted (cairn.on_failure=halt); reset the machine to retry",
+            );
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
@@ -52,7 +55,10 @@ fn main() {
     }
     match result {
         Ok(cmdline) => {
-            console(&mut sys, &format!("switching root to systemd ({})", cmdline.init));
+            console(
+                &mut sys,
+                &format!("switching root to systemd ({})", cmdline.init),
+            );
             let err = sys.exec(&cmdline.init, &[]);
             fail(&mut sys, on_failure, &err);
         }

@@ -18,6 +18,10 @@ pub struct ModuleIndex {
     /// normalized name -> (path relative to the modules dir, direct dependency names)
     modules: BTreeMap<String, (String, Vec<String>)>,
     builtin: BTreeSet<String>,
+    /// normalized name -> soft dependencies loaded before it (names or aliases)
+    softdep_pre: BTreeMap<String, Vec<String>>,
+    /// alias -> module names, in file order
+    aliases: BTreeMap<String, Vec<String>>,
 }
 
 fn name_of(path: &str) -> String {
@@ -55,7 +59,78 @@ impl ModuleIndex {
             .filter(|l| !l.is_empty())
             .map(name_of)
             .collect();
-        Ok(ModuleIndex { modules, builtin })
+        Ok(ModuleIndex {
+            modules,
+            builtin,
+            ..Default::default()
+        })
+    }
+
+    /// Add `modules.softdep` (`softdep NAME pre: A B post: C`) and
+    /// `modules.alias` (`alias ALIAS NAME`). Pre soft dependencies are loaded
+    /// before the module when they can be found; a missing one is skipped,
+    /// as modprobe does. (`libcrc32c` needs `crc32c` this way, and erofs
+    /// needs libcrc32c.)
+    pub fn with_soft_deps(mut self, softdep: &str, alias: &str) -> ModuleIndex {
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(name) = words.next() else { continue };
+            let mut pre = Vec::new();
+            let mut in_pre = false;
+            for w in words {
+                match w {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    w if in_pre => pre.push(w.to_string()),
+                    _ => {}
+                }
+            }
+            self.softdep_pre
+                .entry(normalize(name))
+                .or_default()
+                .extend(pre);
+        }
+        for line in alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(a), Some(m)) = (words.next(), words.next(), words.next()) {
+                self.aliases
+                    .entry(a.to_string())
+                    .or_default()
+                    .push(normalize(m));
+            }
+        }
+        self
+    }
+
+    /// A soft dependency's module: the name itself, else the first alias
+    /// target that is loadable or built in.
+    fn resolve_soft(&self, dep: &str) -> Option<String> {
+        let n = normalize(dep);
+        if self.modules.contains_key(&n) || self.builtin.contains(&n) {
+            return Some(n);
+        }
+        self.aliases
+            .get(dep)
+            .into_iter()
+            .flatten()
+            .find(|m| self.modules.contains_key(*m) || self.builtin.contains(*m))
+            .cloned()
+    }
+
+    /// The `modules.alias` lines whose module is in `names` (for a small initramfs).
+    pub fn aliases_for(&self, names: &BTreeSet<String>) -> String {
+        let mut out = String::new();
+        for (a, ms) in &self.aliases {
+            for m in ms {
+                if names.contains(m) {
+                    out.push_str(&format!("alias {a} {m}\n"));
+                }
+            }
+        }
+        out
     }
 
     pub fn is_builtin(&self, name: &str) -> bool {
@@ -109,6 +184,13 @@ impl ModuleIndex {
             )));
         };
         stack.push(name.to_string());
+        for soft in self.softdep_pre.get(name).into_iter().flatten() {
+            if let Some(m) = self.resolve_soft(soft) {
+                if !stack.contains(&m) {
+                    self.visit(&m, done, stack, order)?;
+                }
+            }
+        }
         for d in deps {
             self.visit(d, done, stack, order)?;
         }
@@ -171,7 +253,10 @@ kernel/fs/overlayfs/overlay.ko:
     fn builtin_modules_need_no_file() {
         let i = idx();
         assert!(i.is_builtin("virtio_pci"));
-        assert_eq!(i.load_order(&["virtio_pci".into()]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            i.load_order(&["virtio_pci".into()]).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -182,14 +267,47 @@ kernel/fs/overlayfs/overlay.ko:
     }
 
     #[test]
+    fn pre_soft_dependencies_load_first_through_aliases_and_missing_ones_are_skipped() {
+        let i = ModuleIndex::parse(
+            "kernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko\nkernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\n",
+            "",
+        )
+        .unwrap()
+        .with_soft_deps(
+            "softdep libcrc32c pre: crc32c post: nothing\nsoftdep erofs pre: not-there\n",
+            "alias crypto-crc32c crc32c_generic\nalias crc32c crc32c_generic\nalias other unrelated\n",
+        );
+        assert_eq!(
+            i.load_order(&["erofs".into()]).unwrap(),
+            vec![
+                "kernel/crypto/crc32c_generic.ko",
+                "kernel/lib/libcrc32c.ko",
+                "kernel/fs/erofs/erofs.ko"
+            ]
+        );
+        let names: BTreeSet<String> = ["crc32c_generic".to_string()].into();
+        assert_eq!(
+            i.aliases_for(&names),
+            "alias crc32c crc32c_generic\nalias crypto-crc32c crc32c_generic\n"
+        );
+    }
+
+    #[test]
     fn cycles_are_reported() {
-        let i = ModuleIndex::parse("kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\n", "").unwrap();
-        assert!(i.load_order(&["a".into()]).unwrap_err().to_string().contains("cycle"));
+        let i =
+            ModuleIndex::parse("kernel/a.ko: kernel/b.ko\nkernel/b.ko: kernel/a.ko\n", "").unwrap();
+        assert!(i
+            .load_order(&["a".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("cycle"));
     }
 
     #[test]
     fn malformed_line_is_an_error_with_line_number() {
-        let e = ModuleIndex::parse("kernel/a.ko\n", "").unwrap_err().to_string();
+        let e = ModuleIndex::parse("kernel/a.ko\n", "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1"), "{e}");
     }
 }

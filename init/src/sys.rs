@@ -180,14 +180,8 @@ impl Sys for RealSys {
     fn switch_root(&mut self, new_root: &str) -> Result<(), InitError> {
         use nix::mount::MsFlags;
         nix::unistd::chdir(new_root).map_err(|e| io_err("chdir", new_root, e))?;
-        nix::mount::mount(
-            Some("."),
-            "/",
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(|e| io_err("move mount onto /", new_root, e))?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|e| io_err("move mount onto /", new_root, e))?;
         nix::unistd::chroot(".").map_err(|e| io_err("chroot", new_root, e))?;
         nix::unistd::chdir("/").map_err(|e| io_err("chdir", "/", e))
     }
@@ -220,18 +214,24 @@ impl Sys for RealSys {
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), InitError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = fs::symlink_metadata(from).map_err(|e| io_err("stat", &from.display().to_string(), e))?;
+    let meta =
+        fs::symlink_metadata(from).map_err(|e| io_err("stat", &from.display().to_string(), e))?;
     if meta.file_type().is_symlink() {
-        let target = fs::read_link(from).map_err(|e| io_err("readlink", &from.display().to_string(), e))?;
+        let target =
+            fs::read_link(from).map_err(|e| io_err("readlink", &from.display().to_string(), e))?;
         let _ = fs::remove_file(to);
-        std::os::unix::fs::symlink(target, to).map_err(|e| io_err("symlink", &to.display().to_string(), e))?;
+        std::os::unix::fs::symlink(target, to)
+            .map_err(|e| io_err("symlink", &to.display().to_string(), e))?;
     } else if meta.is_dir() {
-        fs::create_dir_all(to).map_err(|e| io_err("create directory", &to.display().to_string(), e))?;
+        fs::create_dir_all(to)
+            .map_err(|e| io_err("create directory", &to.display().to_string(), e))?;
         fs::set_permissions(to, fs::Permissions::from_mode(meta.permissions().mode()))
             .map_err(|e| io_err("chmod", &to.display().to_string(), e))?;
-        let entries = fs::read_dir(from).map_err(|e| io_err("read directory", &from.display().to_string(), e))?;
+        let entries = fs::read_dir(from)
+            .map_err(|e| io_err("read directory", &from.display().to_string(), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| io_err("read directory", &from.display().to_string(), e))?;
+            let entry =
+                entry.map_err(|e| io_err("read directory", &from.display().to_string(), e))?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
     } else {
@@ -249,7 +249,6 @@ mod loopdev {
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
     const LO_FLAGS_READ_ONLY: u32 = 1;
-    const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
     #[repr(C)]
     struct LoopInfo64 {
@@ -285,7 +284,11 @@ mod loopdev {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if n < 0 {
-            return Err(io_err("LOOP_CTL_GET_FREE", "/dev/loop-control", std::io::Error::last_os_error()));
+            return Err(io_err(
+                "LOOP_CTL_GET_FREE",
+                "/dev/loop-control",
+                std::io::Error::last_os_error(),
+            ));
         }
         let dev = format!("/dev/loop{n}");
         let backing = File::open(file).map_err(|e| io_err("open", file, e))?;
@@ -296,15 +299,27 @@ mod loopdev {
         // SAFETY: LoopConfig is plain old data; all-zero is a valid value.
         let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
         cfg.fd = backing.as_raw_fd() as u32;
-        cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // No LO_FLAGS_AUTOCLEAR: it detaches the device when this function
+        // closes its fd, before anything is mounted from it.
+        cfg.info.lo_flags = LO_FLAGS_READ_ONLY;
         let name = file.as_bytes();
         let n = name.len().min(63);
         cfg.info.lo_file_name[..n].copy_from_slice(&name[..n]);
         // SAFETY: LOOP_CONFIGURE reads a struct loop_config from the pointer,
         // which lives for the duration of the call; the fds are open.
-        let rc = unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        let rc = unsafe {
+            libc::ioctl(
+                loopdev.as_raw_fd(),
+                LOOP_CONFIGURE,
+                &cfg as *const LoopConfig,
+            )
+        };
         if rc < 0 {
-            return Err(io_err("LOOP_CONFIGURE", &dev, std::io::Error::last_os_error()));
+            return Err(io_err(
+                "LOOP_CONFIGURE",
+                &dev,
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(dev)
     }
@@ -363,7 +378,11 @@ impl Sys for RecordingSys {
         Ok(())
     }
     fn exists(&mut self, path: &str) -> bool {
-        self.files.contains_key(path) || self.files.keys().any(|k| k.starts_with(&format!("{path}/")))
+        self.files.contains_key(path)
+            || self
+                .files
+                .keys()
+                .any(|k| k.starts_with(&format!("{path}/")))
     }
     fn load_module(&mut self, path: &str) -> Result<(), InitError> {
         self.calls.push(Call::LoadModule(path.into()));

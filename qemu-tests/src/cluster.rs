@@ -24,15 +24,22 @@ impl Cluster {
         Ok(Cluster { client, rt })
     }
 
-    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(15), f).await })
-            .unwrap_or_else(|_| panic!("API call took over 15 s"))
+    /// Run one API call with a deadline; a slow or refused call is an error
+    /// the waiters retry, never a hang.
+    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, kube::Error>>) -> Result<T> {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(20), f).await })
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => anyhow::bail!("API call took over 20 s"),
+        }
     }
 
     /// The node, if the API server answers and the node is registered.
     pub fn node(&self, name: &str) -> Result<Option<Node>> {
         let api: Api<Node> = Api::all(self.client.clone());
-        Ok(self.block(api.get_opt(name))?)
+        self.block(api.get_opt(name))
     }
 
     pub fn node_ready(&self, name: &str) -> Result<bool> {
@@ -54,7 +61,7 @@ impl Cluster {
 
     pub fn deployment(&self, ns: &str, name: &str) -> Result<Option<Deployment>> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-        Ok(self.block(api.get_opt(name))?)
+        self.block(api.get_opt(name))
     }
 
     /// (desired replicas, ready replicas) once the Deployment exists.

@@ -32,7 +32,10 @@ pub struct DemoOptions {
 
 impl DemoOptions {
     pub fn new(out: &Path) -> DemoOptions {
-        DemoOptions { out: out.to_path_buf(), version: env!("CARGO_PKG_VERSION").to_string() }
+        DemoOptions {
+            out: out.to_path_buf(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
     }
 }
 
@@ -127,12 +130,20 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         node_name: None,
     };
     std::fs::create_dir_all(config.join("etc/cairn"))?;
-    std::fs::write(config.join("etc/cairn/agent.yaml"), serde_yaml::to_string(&agent_cfg)?)?;
+    std::fs::write(
+        config.join("etc/cairn/agent.yaml"),
+        serde_yaml::to_string(&agent_cfg)?,
+    )?;
     cairn_image::pxe::config_initrd(&config, &pxe.join("config-node1.cpio"))?;
     let admin_kubeconfig = out.join("admin.kubeconfig");
     std::fs::write(
         &admin_kubeconfig,
-        cairn_image::pki::kubeconfig(&format!("https://127.0.0.1:{api_port}"), &pki.ca.cert, &pki.admin, "admin"),
+        cairn_image::pki::kubeconfig(
+            &format!("https://127.0.0.1:{api_port}"),
+            &pki.ca.cert,
+            &pki.admin,
+            "admin",
+        ),
     )?;
     let http = HttpServer::start(&pxe)?;
     std::fs::write(
@@ -141,7 +152,7 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
             base_url: &format!("http://10.0.2.2:{}", http.port),
             version: &opts.version,
             config_initrd: "config-node1.cpio",
-            extra_args: &[format!("cairn.hostname={NODE}")],
+            extra_args: &extra_kernel_args(),
         }),
     )?;
     s.done();
@@ -152,10 +163,15 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     spec.forwards.push((api_port, 6443));
     let s = ui::step("PXE boot → cairn-init → switch_root");
     let mut guest = Guest::start(&spec)?;
-    let line = guest.wait_for_line("cairn-init:", &["cairn-init: FATAL"], SWITCH_ROOT_DEADLINE)
+    let line = guest
+        .wait_for_line("cairn-init:", &["cairn-init: FATAL"], SWITCH_ROOT_DEADLINE)
         .context("iPXE did not hand over to cairn-init")?;
     log::debug!("first stage-1 line: {line}");
-    let line = guest.wait_for_line("switching root", &["cairn-init: FATAL", "Kernel panic"], SWITCH_ROOT_DEADLINE)?;
+    let line = guest.wait_for_line(
+        "switching root",
+        &["cairn-init: FATAL", "Kernel panic"],
+        SWITCH_ROOT_DEADLINE,
+    )?;
     phases.insert("pxe_to_switch_root_s", guest.elapsed());
     if let Some(up) = guest_uptime(&line) {
         phases.insert("guest_kernel_to_switch_root_s", up);
@@ -172,11 +188,18 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     s.done();
 
     let s = ui::step("cairn-agent: fetch, verify signature, render, apply");
-    wait_until("the agent to apply the signed commit", APPLY_DEADLINE, || {
-        guest.check_alive()?;
-        Ok((cluster.node_annotation(NODE, cairn_agent::status::ANN_APPLIED)?.as_deref() == Some(first_commit.as_str()))
+    wait_until(
+        "the agent to apply the signed commit",
+        APPLY_DEADLINE,
+        || {
+            guest.check_alive()?;
+            Ok((cluster
+                .node_annotation(NODE, cairn_agent::status::ANN_APPLIED)?
+                .as_deref()
+                == Some(first_commit.as_str()))
             .then_some(()))
-    })?;
+        },
+    )?;
     phases.insert("first_apply_s", guest.elapsed());
     s.done();
 
@@ -206,6 +229,16 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     })
 }
 
+/// The node's kernel arguments; `CAIRN_KERNEL_ARGS` adds more (debugging,
+/// e.g. `systemd.journald.max_level_console=info` to see every service's log).
+fn extra_kernel_args() -> Vec<String> {
+    let mut args = vec![format!("cairn.hostname={NODE}")];
+    if let Ok(extra) = std::env::var("CAIRN_KERNEL_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
+    args
+}
+
 /// `cairn-init: [  12.345] switching root …` → 12.345
 fn guest_uptime(line: &str) -> Option<f64> {
     let start = line.find('[')? + 1;
@@ -231,7 +264,10 @@ impl Demo {
 mod tests {
     #[test]
     fn uptime_is_read_from_the_console_line() {
-        assert_eq!(super::guest_uptime("cairn-init: [  12.345] switching root"), Some(12.345));
+        assert_eq!(
+            super::guest_uptime("cairn-init: [  12.345] switching root"),
+            Some(12.345)
+        );
         assert_eq!(super::guest_uptime("no brackets"), None);
     }
 }

@@ -23,7 +23,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("git {args:?}"))?;
     if !out.status.success() {
-        bail!("git {args:?} in {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "git {args:?} in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -54,18 +58,33 @@ impl FleetRepo {
         }
         std::fs::create_dir_all(&bare)?;
         git(&bare, &["init", "-q", "--bare", "-b", "main"])?;
-        git(base, &["clone", "-q", bare.to_str().context("utf-8 path")?, "fleet-work"])?;
+        git(
+            base,
+            &[
+                "clone",
+                "-q",
+                bare.to_str().context("utf-8 path")?,
+                "fleet-work",
+            ],
+        )?;
         git(&work, &["checkout", "-q", "-b", "main"])?;
         for (k, v) in [
             ("user.name", "cairn demo"),
             ("user.email", key.principal.as_str()),
             ("gpg.format", "ssh"),
-            ("user.signingkey", key.private_key.to_str().context("utf-8 path")?),
+            (
+                "user.signingkey",
+                key.private_key.to_str().context("utf-8 path")?,
+            ),
         ] {
             git(&work, &["config", k, v])?;
         }
         copy_dir(gitops, &work)?;
-        let repo = FleetRepo { bare, work, key: key.private_key.clone() };
+        let repo = FleetRepo {
+            bare,
+            work,
+            key: key.private_key.clone(),
+        };
         repo.commit(true, "fleet: initial import of gitops/")?;
         Ok(repo)
     }

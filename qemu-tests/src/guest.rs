@@ -92,7 +92,11 @@ impl Guest {
             .process_group(0)
             .spawn()
             .context("starting qemu-system-x86_64 (run image-build/scripts/install-deps.sh)")?;
-        Ok(Guest { child, serial_log: spec.serial_log.clone(), started: Instant::now() })
+        Ok(Guest {
+            child,
+            serial_log: spec.serial_log.clone(),
+            started: Instant::now(),
+        })
     }
 
     /// Seconds since QEMU started.
@@ -119,7 +123,12 @@ impl Guest {
 
     /// Wait for a console line containing `needle`; returns the line. Fails
     /// early if a line contains one of `fatal` or QEMU exits.
-    pub fn wait_for_line(&mut self, needle: &str, fatal: &[&str], timeout: Duration) -> Result<String> {
+    pub fn wait_for_line(
+        &mut self,
+        needle: &str,
+        fatal: &[&str],
+        timeout: Duration,
+    ) -> Result<String> {
         let start = Instant::now();
         loop {
             let text = std::fs::read(&self.serial_log).unwrap_or_default();
@@ -162,7 +171,9 @@ mod tests {
         s.forwards.push((16443, 6443));
         let a = s.args().join(" ");
         assert!(a.contains("-accel tcg,thread=multi"));
-        assert!(a.contains("user,id=n0,tftp=/srv/pxe,bootfile=boot.ipxe,hostfwd=tcp:127.0.0.1:16443-:6443"));
+        assert!(a.contains(
+            "user,id=n0,tftp=/srv/pxe,bootfile=boot.ipxe,hostfwd=tcp:127.0.0.1:16443-:6443"
+        ));
         assert!(a.contains("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"));
         assert!(a.contains("-boot n"));
         assert!(a.contains("-serial file:/tmp/serial.log"));

@@ -31,7 +31,11 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     let mut last_err = None;
     loop {
@@ -44,7 +48,9 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> anyho
             anyhow::bail!(
                 "timed out after {:?} waiting for {what}{}",
                 timeout,
-                last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default()
+                last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -103,12 +103,32 @@ fn test(no_qemu: bool) -> Result<bool> {
         cmd.current_dir(&repo).args(args);
         cmd
     };
-    results.push(("format", tier("format", &mut c(&["fmt", "--all", "--check"]))));
+    results.push((
+        "format",
+        tier("format", &mut c(&["fmt", "--all", "--check"])),
+    ));
     results.push((
         "clippy",
-        tier("clippy", &mut c(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])),
+        tier(
+            "clippy",
+            &mut c(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
     ));
-    results.push(("unit", tier("unit (cargo test)", &mut c(&["test", "--workspace", "--locked"]))));
+    results.push((
+        "unit",
+        tier(
+            "unit (cargo test)",
+            &mut c(&["test", "--workspace", "--locked"]),
+        ),
+    ));
     if no_qemu {
         eprintln!("\n=== tier: qemu SKIPPED: --no-qemu was given");
     } else {
@@ -116,7 +136,19 @@ fn test(no_qemu: bool) -> Result<bool> {
             "qemu",
             tier(
                 "qemu (slow: boots a node)",
-                &mut c(&["test", "--release", "--locked", "-p", "qemu-tests", "--test", "skeleton", "--", "--ignored", "--nocapture", "--test-threads=1"]),
+                &mut c(&[
+                    "test",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "qemu-tests",
+                    "--test",
+                    "skeleton",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ]),
             ),
         ));
     }

@@ -95,9 +95,19 @@ pub fn demo_key() -> Result<DemoKey> {
     let public = std::fs::read_to_string(dir.join("id_ed25519.pub"))?;
     let allowed = dir.join("allowed_signers");
     let mut parts = public.split_whitespace();
-    let (kt, kb) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    std::fs::write(&allowed, format!("{principal} namespaces=\"git\" {kt} {kb}\n"))?;
-    Ok(DemoKey { private_key: key, allowed_signers: allowed, principal })
+    let (kt, kb) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    std::fs::write(
+        &allowed,
+        format!("{principal} namespaces=\"git\" {kt} {kb}\n"),
+    )?;
+    Ok(DemoKey {
+        private_key: key,
+        allowed_signers: allowed,
+        principal,
+    })
 }
 
 /// A fingerprint over the files an image is built from.
@@ -107,7 +117,8 @@ fn fingerprint(paths: &[PathBuf], extra: &str) -> Result<String> {
         if p.is_dir() {
             let mut stack = vec![p.clone()];
             while let Some(d) = stack.pop() {
-                let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().map(|e| e.path()).collect();
+                let mut entries: Vec<_> =
+                    std::fs::read_dir(&d)?.flatten().map(|e| e.path()).collect();
                 entries.sort();
                 for e in entries {
                     if e.is_dir() {
@@ -165,7 +176,10 @@ pub fn image(
     };
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(fp.as_str()) {
         let b = built(out);
-        if [&b.vmlinuz, &b.initramfs, &b.rootfs_initrd].iter().all(|p| p.exists()) {
+        if [&b.vmlinuz, &b.initramfs, &b.rootfs_initrd]
+            .iter()
+            .all(|p| p.exists())
+        {
             return Ok((b, true));
         }
     }

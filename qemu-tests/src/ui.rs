@@ -20,7 +20,11 @@ pub fn step(name: &str) -> Step {
     );
     bar.set_message(name.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
-    Step { bar, start: Instant::now(), name: name.to_string() }
+    Step {
+        bar,
+        start: Instant::now(),
+        name: name.to_string(),
+    }
 }
 
 impl Step {

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "cairn-agent", about = "Converge this node to its signed fleet repository")]
+#[command(
+    name = "cairn-agent",
+    about = "Converge this node to its signed fleet repository"
+)]
 struct Cli {
     #[arg(long, default_value = "/etc/cairn/agent.yaml")]
     config: PathBuf,
@@ -15,7 +18,10 @@ fn init_logging() {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     if journald {
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
-            if j.with_syslog_identifier("cairn-agent".into()).install().is_ok() {
+            if j.with_syslog_identifier("cairn-agent".into())
+                .install()
+                .is_ok()
+            {
                 log::set_max_level(log::LevelFilter::Info);
                 return;
             }
@@ -30,7 +36,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = cairn_agent::AgentConfig::load(&cli.config)?;
     let agent = cairn_agent::Agent::new(cfg).await?;
-    log::info!("node={} cairn-agent {} started", agent.node_name(), env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "node={} cairn-agent {} started",
+        agent.node_name(),
+        env!("CARGO_PKG_VERSION")
+    );
     agent.run().await;
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cairnctl", about = "Operate cairn nodes and fleet repositories")]
+#[command(
+    name = "cairnctl",
+    about = "Operate cairn nodes and fleet repositories"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,8 +52,17 @@ enum SourceCmd {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
-        Cmd::Source { cmd: SourceCmd::Pull { url, branch, trust, state } } => {
-            let cfg = cairn_source::SourceConfig::from_cli(&url, &branch, &trust, &state).map_err(|e| e.to_string())?;
+        Cmd::Source {
+            cmd:
+                SourceCmd::Pull {
+                    url,
+                    branch,
+                    trust,
+                    state,
+                },
+        } => {
+            let cfg = cairn_source::SourceConfig::from_cli(&url, &branch, &trust, &state)
+                .map_err(|e| e.to_string())?;
             let v = cairn_source::pull(cfg).map_err(|e| e.to_string())?;
             println!("{}", v.id());
         }
@@ -60,7 +72,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     let fleet = cairn_render::Fleet::load(&dir).map_err(|e| e.to_string())?;
                     let mut plan = fleet.plan_for(&name).map_err(|e| e.to_string())?;
                     for v in &values {
-                        plan.context.overlay_values_file(v).map_err(|e| e.to_string())?;
+                        plan.context
+                            .overlay_values_file(v)
+                            .map_err(|e| e.to_string())?;
                     }
                     cairn_render::render_node(&dir, &plan)
                 }

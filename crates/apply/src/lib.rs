@@ -24,7 +24,11 @@ pub const CONCURRENCY: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("object #{index} ({what}): {reason}")]
-    InvalidObject { index: usize, what: String, reason: String },
+    InvalidObject {
+        index: usize,
+        what: String,
+        reason: String,
+    },
     #[error("{object}: kind {gvk} is not served by the API server ({source})")]
     UnknownKind {
         object: String,
@@ -182,7 +186,10 @@ pub async fn apply(client: &Client, objects: &[Value]) -> Result<ApplyReport, Ap
                     let obj = api
                         .patch(&p.name, &params, &Patch::Apply(&p.object))
                         .await
-                        .map_err(|source| ApplyError::Apply { object: p.id(), source })?;
+                        .map_err(|source| ApplyError::Apply {
+                            object: p.id(),
+                            source,
+                        })?;
                     Ok((p.id(), obj.metadata.resource_version.unwrap_or_default()))
                 }
             })
@@ -237,7 +244,8 @@ mod tests {
 
     #[test]
     fn core_group_parses_without_slash() {
-        let p = plan(&[json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"s"}})]).unwrap();
+        let p =
+            plan(&[json!({"apiVersion":"v1","kind":"Service","metadata":{"name":"s"}})]).unwrap();
         assert_eq!(p[0].gvk.group, "");
         assert_eq!(p[0].gvk.version, "v1");
     }
