@@ -29,7 +29,7 @@ enum Cmd {
     },
     /// Run every test tier: lints, unit tests, then the slow tiers (QEMU).
     Test {
-        /// Skip the QEMU tier (it still reports that it was skipped and why).
+        /// Skip the QEMU tier (the run says that it was skipped and why).
         #[arg(long)]
         no_qemu: bool,
     },
@@ -129,6 +129,23 @@ fn test(no_qemu: bool) -> Result<bool> {
             &mut c(&["test", "--workspace", "--locked"]),
         ),
     ));
+    let mut fuzz = Command::new("bash");
+    fuzz.current_dir(&repo)
+        .arg("crates/source/fuzz/run.sh")
+        .arg("20");
+    results.push(("fuzz", tier("fuzz (short runs of the parsers)", &mut fuzz)));
+    for (name, pkg, bench) in [
+        ("bench-source", "cairn-source", "verify_1000"),
+        ("bench-render", "cairn-render", "render_1000"),
+    ] {
+        results.push((
+            name,
+            tier(
+                &format!("benchmark {pkg}/{bench} (ratio against the reference tool)"),
+                &mut c(&["bench", "--locked", "-p", pkg, "--bench", bench]),
+            ),
+        ));
+    }
     if no_qemu {
         eprintln!("\n=== tier: qemu SKIPPED: --no-qemu was given");
     } else {
@@ -155,7 +172,7 @@ fn test(no_qemu: bool) -> Result<bool> {
     let passed = results.iter().filter(|(_, ok)| *ok).count();
     let failed = results.len() - passed;
     for (name, ok) in &results {
-        eprintln!("  {:<8} {}", name, if *ok { "passed" } else { "FAILED" });
+        eprintln!("  {:<14} {}", name, if *ok { "passed" } else { "FAILED" });
     }
     println!("tiers: {passed} passed, {failed} failed");
     Ok(failed == 0)
