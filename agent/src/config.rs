@@ -20,6 +20,9 @@ pub struct AgentConfig {
     /// Kubernetes node name; defaults to the hostname.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The image's policy set (the floor; the repo's `.cairn/policies` may only tighten it).
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +41,9 @@ fn default_trust() -> PathBuf {
 }
 fn default_state() -> PathBuf {
     PathBuf::from("/var/lib/cairn")
+}
+fn default_policies() -> PathBuf {
+    PathBuf::from("/usr/share/cairn/policies")
 }
 fn default_branch() -> String {
     "main".into()

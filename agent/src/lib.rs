@@ -162,18 +162,33 @@ impl Agent {
             }
         };
         let ident = identity::read(Path::new("/"));
-        let rendered = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let fleet = cairn_render::Fleet::load(&tree).map_err(|e| e.to_string())?;
-            let plan = fleet.resolve(&ident).map_err(|e| e.to_string())?;
-            cairn_render::render_node(&tree, &plan).map_err(|e| e.to_string())
+        let baked = self.cfg.policies.clone();
+        let rendered = tokio::task::spawn_blocking(move || -> Result<_, (&'static str, String)> {
+            let fleet = cairn_render::Fleet::load(&tree).map_err(|e| ("render", e.to_string()))?;
+            let plan = fleet
+                .resolve(&ident)
+                .map_err(|e| ("render", e.to_string()))?;
+            let rendered =
+                cairn_render::render_node(&tree, &plan).map_err(|e| ("render", e.to_string()))?;
+            // the image's policies are the floor; the repo may only tighten them
+            let set = cairn_policy::PolicySet::load(&baked, Some(&tree))
+                .map_err(|e| ("policy", e.to_string()))?;
+            let report = cairn_policy::check(&rendered, fleet.settings(), &set);
+            if report.has_deny() {
+                return Err(("policy", report.to_string()));
+            }
+            for w in report.warnings() {
+                log::warn!("policy warning: {w}");
+            }
+            Ok(rendered)
         })
         .await
         .expect("render task panicked");
         let rendered = match rendered {
             Ok(r) => r,
-            Err(reason) => {
+            Err((step, reason)) => {
                 return Outcome::Failed {
-                    step: "render",
+                    step,
                     commit: Some(id.to_string()),
                     reason,
                 }

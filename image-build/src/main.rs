@@ -45,6 +45,9 @@ enum Cmd {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
+    /// Manage the TUF repository OS images are published through.
+    #[command(subcommand)]
+    Tuf(cairn_tuf::repository::cli::TufCommand),
     /// Pack an `etc/` tree as a configuration initrd.
     ConfigInitrd {
         #[arg(long)]
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             cairn_image::pki::write_node_tree(&pki, &out)?;
             println!("{}", out.display());
         }
+        Cmd::Tuf(c) => c.run()?,
         Cmd::ConfigInitrd { tree, out } => {
             cairn_image::pxe::config_initrd(&tree, &out)?;
             println!("{}", out.display());

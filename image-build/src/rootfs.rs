@@ -201,6 +201,15 @@ pub fn build(inp: &RootfsInputs) -> Result<Rootfs> {
         install(b, &staging.join("usr/bin").join(name), 0o755)?;
     }
 
+    // the baked policy set: the floor every rendered object is checked against
+    let policies = staging.join("usr/share/cairn/policies");
+    std::fs::create_dir_all(&policies).map_err(io(&policies))?;
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("--no-preserve=ownership")
+        .arg(format!("{}/.", inp.repo_root.join("policies").display()))
+        .arg(&policies))?;
+
     let images = staging.join("usr/share/cairn/images");
     std::fs::create_dir_all(&images).map_err(io(&images))?;
     let pause = oci::pause_image(inp.repo_root, inp.work)?;

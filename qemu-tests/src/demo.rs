@@ -128,6 +128,7 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         trust: "/run/cairn/trust/allowed_signers".into(),
         state_dir: "/var/lib/cairn".into(),
         node_name: None,
+        policies: "/usr/share/cairn/policies".into(),
     };
     std::fs::create_dir_all(config.join("etc/cairn"))?;
     std::fs::write(

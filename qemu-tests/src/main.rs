@@ -129,14 +129,48 @@ fn test(no_qemu: bool) -> Result<bool> {
             &mut c(&["test", "--workspace", "--locked"]),
         ),
     ));
-    let mut fuzz = Command::new("bash");
-    fuzz.current_dir(&repo)
-        .arg("crates/source/fuzz/run.sh")
-        .arg("20");
-    results.push(("fuzz", tier("fuzz (short runs of the parsers)", &mut fuzz)));
+    for (name, script) in [
+        ("fuzz-source", "crates/source/fuzz/run.sh"),
+        ("fuzz-tuf", "crates/tuf/fuzz/run.sh"),
+    ] {
+        let mut fuzz = Command::new("bash");
+        fuzz.current_dir(&repo).arg(script).arg("20");
+        results.push((name, tier(&format!("fuzz: {script} (20 s)"), &mut fuzz)));
+    }
+    // python-tuf is the reference peer for the interop tier and the TUF benchmark
+    let mut pip = Command::new("python3");
+    pip.current_dir(&repo).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        "crates/tuf/tests/interop/requirements.txt",
+    ]);
+    let have_python_tuf = tier("python-tuf (pip install, pinned)", &mut pip);
+    results.push(("python-tuf", have_python_tuf));
+    results.push((
+        "interop-tuf",
+        have_python_tuf
+            && tier(
+                "TUF interop with python-tuf, both directions",
+                &mut c(&[
+                    "test",
+                    "--locked",
+                    "-p",
+                    "cairn-tuf",
+                    "--test",
+                    "interop",
+                    "--",
+                    "--ignored",
+                ]),
+            ),
+    ));
     for (name, pkg, bench) in [
         ("bench-source", "cairn-source", "verify_1000"),
         ("bench-render", "cairn-render", "render_1000"),
+        ("bench-policy", "cairn-policy", "policy_1000"),
+        ("bench-tuf", "cairn-tuf", "refresh_10k"),
     ] {
         results.push((
             name,

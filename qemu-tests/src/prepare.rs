@@ -157,6 +157,7 @@ pub fn image(
         repo.join("mkosi.conf"),
         repo.join("image-build/rootfs"),
         repo.join("image-build/oci"),
+        repo.join("policies"),
         kube_bin.to_path_buf(),
         bins.init.clone(),
         bins.agent.clone(),

@@ -22,6 +22,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SourceCmd,
     },
+    /// Policies over rendered objects.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Render a directory (or a node of a fleet repo) and print the objects as YAML.
     Render {
         dir: PathBuf,
@@ -31,6 +36,19 @@ enum Cmd {
         /// Extra values files for templates (later ones win).
         #[arg(long = "values")]
         values: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Render DIR (a fleet repo: every node, or --node) and check it; exit 1 on any deny.
+    Check {
+        dir: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+        /// The baked policy directory (on a node: /usr/share/cairn/policies).
+        #[arg(long, default_value = cairn_policy::BAKED_POLICY_DIR)]
+        policies: PathBuf,
     },
 }
 
@@ -52,6 +70,23 @@ enum SourceCmd {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Check {
+                    dir,
+                    node,
+                    policies,
+                },
+        } => {
+            let report = cairn_policy::check_tree(&dir, node.as_deref(), &policies)
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
+            if report.has_deny() {
+                return Err(
+                    "policy check: at least one deny violation (nothing would be applied)".into(),
+                );
+            }
+        }
         Cmd::Source {
             cmd:
                 SourceCmd::Pull {
