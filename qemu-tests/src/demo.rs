@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -228,6 +231,47 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         _http: http,
         _git: git,
     })
+}
+
+/// The `demo` command: converge, then print the JSON line (headless) or
+/// keep the node running with instructions until Ctrl-C.
+pub fn run(headless: bool, out: Option<PathBuf>) -> Result<()> {
+    let out = out.unwrap_or_else(|| crate::repo_root().join("out/demo"));
+    let demo = boot_and_converge(&DemoOptions::new(&out))?;
+    if headless {
+        println!("{}", serde_json::to_string(&demo.report())?);
+        return Ok(());
+    }
+    eprintln!("\n{}", serde_json::to_string_pretty(&demo.report())?);
+    eprintln!(
+        "\nThe node is up and converged. While this command runs:\n\
+         \n  API server:   kubectl --kubeconfig {kc} get pods -A\
+         \n                (https://127.0.0.1:{port}, forwarded to the node's :6443)\
+         \n  Change it:    cd {work}\
+         \n                edit apps/hello/overlays/demo/kustomization.yaml (e.g. replicas count)\
+         \n                git commit -S -am 'scale hello' && git push\
+         \n                (signed with {key}; the node applies it within {poll} s)\
+         \n  An unsigned commit (git commit --no-gpg-sign) is refused: see\
+         \n                kubectl --kubeconfig {kc} get events   and the node's cairn.dev/* annotations\
+         \n  Console:      {serial}\
+         \n\nCtrl-C stops the node.",
+        kc = demo.admin_kubeconfig.display(),
+        port = demo.api_port,
+        work = demo.fleet.work.display(),
+        key = demo.fleet.key().display(),
+        poll = POLL_SECONDS,
+        serial = demo.guest.serial_log.display(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))?;
+    let mut demo = demo;
+    while !stop.load(Ordering::SeqCst) {
+        demo.guest.check_alive()?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("stopping the node");
+    Ok(())
 }
 
 /// The node's kernel arguments; `CAIRN_KERNEL_ARGS` adds more (debugging,

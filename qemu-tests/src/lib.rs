@@ -9,13 +9,15 @@
 //!   waited on by console lines, killed with its process group;
 //! - [`cluster`]: the host's view of the node's API server (waits on facts);
 //! - [`demo`]: the whole walking skeleton, used by the `demo` command and
-//!   by the slow-tier test.
+//!   by the slow-tier test;
+//! - [`runner`]: the test command's tiers.
 
 pub mod cluster;
 pub mod demo;
 pub mod fleet;
 pub mod guest;
 pub mod prepare;
+pub mod runner;
 pub mod servers;
 pub mod ui;
 

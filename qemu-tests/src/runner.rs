@@ -1,0 +1,145 @@
+//! The test command: every tier in order, each a command whose failure fails
+//! the run, and a closing `tiers: N passed, N failed` line.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+/// One tier: a command, and whether its failure fails the run.
+pub fn tier(name: &str, cmd: &mut Command) -> bool {
+    eprintln!("\n=== tier: {name}\n    {cmd:?}");
+    match cmd.status() {
+        Ok(s) if s.success() => {
+            eprintln!("=== tier {name}: passed");
+            true
+        }
+        Ok(s) => {
+            eprintln!("=== tier {name}: FAILED ({s})");
+            false
+        }
+        Err(e) => {
+            eprintln!("=== tier {name}: FAILED to start: {e}");
+            false
+        }
+    }
+}
+
+/// Run every tier; `no_qemu` skips the QEMU tier and says so.
+pub fn run_all(no_qemu: bool) -> Result<bool> {
+    let repo = crate::repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    crate::prepare::host_packages(&repo)?;
+    let mut results = Vec::new();
+    let c = |args: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&repo).args(args);
+        cmd
+    };
+    results.push((
+        "format",
+        tier("format", &mut c(&["fmt", "--all", "--check"])),
+    ));
+    results.push((
+        "clippy",
+        tier(
+            "clippy",
+            &mut c(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+    ));
+    results.push((
+        "unit",
+        tier(
+            "unit (cargo test)",
+            &mut c(&["test", "--workspace", "--locked"]),
+        ),
+    ));
+    for (name, script) in [
+        ("fuzz-source", "crates/source/fuzz/run.sh"),
+        ("fuzz-tuf", "crates/tuf/fuzz/run.sh"),
+    ] {
+        let mut fuzz = Command::new("bash");
+        fuzz.current_dir(&repo).arg(script).arg("20");
+        results.push((name, tier(&format!("fuzz: {script} (20 s)"), &mut fuzz)));
+    }
+    // python-tuf is the reference peer for the interop tier and the TUF benchmark
+    let mut pip = Command::new("python3");
+    pip.current_dir(&repo).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "-r",
+        "crates/tuf/tests/interop/requirements.txt",
+    ]);
+    let have_python_tuf = tier("python-tuf (pip install, pinned)", &mut pip);
+    results.push(("python-tuf", have_python_tuf));
+    results.push((
+        "interop-tuf",
+        have_python_tuf
+            && tier(
+                "TUF interop with python-tuf, both directions",
+                &mut c(&[
+                    "test",
+                    "--locked",
+                    "-p",
+                    "cairn-tuf",
+                    "--test",
+                    "interop",
+                    "--",
+                    "--ignored",
+                ]),
+            ),
+    ));
+    for (name, pkg, bench) in [
+        ("bench-source", "cairn-source", "verify_1000"),
+        ("bench-render", "cairn-render", "render_1000"),
+        ("bench-policy", "cairn-policy", "policy_1000"),
+        ("bench-tuf", "cairn-tuf", "refresh_10k"),
+    ] {
+        results.push((
+            name,
+            tier(
+                &format!("benchmark {pkg}/{bench} (ratio against the reference tool)"),
+                &mut c(&["bench", "--locked", "-p", pkg, "--bench", bench]),
+            ),
+        ));
+    }
+    if no_qemu {
+        eprintln!("\n=== tier: qemu SKIPPED: --no-qemu was given");
+    } else {
+        results.push((
+            "qemu",
+            tier(
+                "qemu (slow: boots a node)",
+                &mut c(&[
+                    "test",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "qemu-tests",
+                    "--test",
+                    "skeleton",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ]),
+            ),
+        ));
+    }
+    let passed = results.iter().filter(|(_, ok)| *ok).count();
+    let failed = results.len() - passed;
+    for (name, ok) in &results {
+        eprintln!("  {:<14} {}", name, if *ok { "passed" } else { "FAILED" });
+    }
+    println!("tiers: {passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
