@@ -204,13 +204,13 @@ pub(crate) fn fetch_branch(
 #[allow(unsafe_code)]
 fn set_socket_timeouts(limit: Duration) {
     let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX).max(1);
-    // SAFETY: these write two plain C ints in libgit2's global options that
-    // only its socket stream reads, when a network transport connects or
-    // reads. In this process every libgit2 network operation is a fetch made
-    // by this module while it holds FETCH_LOCK, which the caller holds now:
-    // no other thread reads or writes the options concurrently. (A program
+    // These write two plain C ints in libgit2's global options that only its
+    // socket stream reads, when a network transport connects or reads. In
+    // this process every libgit2 network operation is a fetch made by this
+    // module while it holds FETCH_LOCK, which the caller holds now. (A program
     // that also uses git2's network functions elsewhere must not run them
     // while a cairn fetch is in progress.)
+    // SAFETY: no other thread reads or writes these options concurrently.
     unsafe {
         let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms);
         let _ = git2::opts::set_server_timeout_in_milliseconds(ms);
