@@ -8,23 +8,52 @@
 //! (annotations) and as a Kubernetes Event.
 
 pub mod config;
+pub mod drift;
 pub mod identity;
+pub mod node;
 pub mod status;
 
 use std::path::Path;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_apply::lease::{LeaseLock, LeaseState};
+use cairn_apply::{Applier, ParentRef};
 use cairn_source::{CommitId, Source, SourceConfig, Verified};
 use kube::Client;
+use serde_json::Value;
 
 pub use config::AgentConfig;
+
+/// The ApplySet parent (a Secret in kube-system) of a cluster's objects:
+/// shared by every agent of the cluster and by `cairnctl apply --node`.
+pub fn applyset_name(cluster: &str) -> String {
+    format!("cairn-{cluster}")
+}
+
+/// Namespace of the ApplySet parent and of the apply Lease.
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+
+/// Seconds an apply Lease lasts without renewal.
+pub const LEASE_SECONDS: i32 = 90;
 
 /// What one reconcile did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The recorded commit is the branch tip and was applied.
     Unchanged { commit: String },
-    /// A new commit was verified, rendered and applied.
-    Applied { commit: String, objects: usize },
+    /// The commit's objects were applied: `changed` of `objects` were sent
+    /// (a new commit, or drift corrected), `pruned` deleted.
+    Applied {
+        commit: String,
+        objects: usize,
+        changed: usize,
+        pruned: usize,
+    },
+    /// Verified and rendered; another node holds the cluster's apply Lease
+    /// and applies cluster state.
+    Standby { commit: String, holder: String },
     /// The source refused the new history (unsigned, unknown key, rewind…).
     Refused {
         commit: Option<String>,
@@ -70,8 +99,26 @@ pub struct Agent {
     source: Option<Source>,
     client: Client,
     node_name: String,
-    /// The commit last applied by this process (skip re-apply when unchanged).
+    /// The commit last applied by this process.
     applied: Option<CommitId>,
+    /// The last verified commit's render, kept so drift can be corrected
+    /// without rendering again.
+    rendered: Option<RenderedCommit>,
+    applier: Option<Applier>,
+    /// Wakes the loop when a managed object changes behind our back.
+    drift: Arc<tokio::sync::Notify>,
+    watch: drift::Watch,
+    node_applied: Option<String>,
+}
+
+/// What one verified commit renders for this node.
+#[derive(Clone)]
+struct RenderedCommit {
+    commit: CommitId,
+    cluster: String,
+    objects: Vec<Value>,
+    node: cairn_render::NodeMetadata,
+    policy: cairn_render::ApplyPolicy,
 }
 
 impl Agent {
@@ -90,12 +137,18 @@ impl Agent {
             .node_name
             .clone()
             .unwrap_or_else(|| identity::read(Path::new("/")).hostname);
+        let drift = Arc::new(tokio::sync::Notify::new());
         Ok(Agent {
             cfg,
             source: Some(source),
+            watch: drift::Watch::new(client.clone(), drift.clone()),
             client,
             node_name,
             applied: None,
+            rendered: None,
+            applier: None,
+            drift,
+            node_applied: None,
         })
     }
 
@@ -122,7 +175,9 @@ impl Agent {
         out
     }
 
-    /// One pass: fetch+verify → render → apply → record.
+    /// One pass: fetch+verify → render → (Lease) apply → record. A commit
+    /// already rendered is not rendered again; its objects are applied on
+    /// every pass, which sends only what drifted (see [`cairn_apply`]).
     pub async fn reconcile_once(&mut self) -> Outcome {
         let verified = match self.with_source(|s| s.fetch_and_verify()).await {
             Ok(v) => v,
@@ -145,25 +200,131 @@ impl Agent {
             Verified::New(c) => (c, true),
         };
         let id = commit.id();
-        if !is_new && self.applied == Some(id) {
-            return Outcome::Unchanged {
-                commit: id.to_string(),
-            };
+        if self.rendered.as_ref().map(|r| r.commit) != Some(id) {
+            match self.render(&commit).await {
+                Ok(r) => self.rendered = Some(r),
+                Err((step, reason)) => {
+                    return Outcome::Failed {
+                        step,
+                        commit: Some(id.to_string()),
+                        reason,
+                    }
+                }
+            }
         }
-        let c2 = commit.clone();
-        let tree = match self.with_source(move |s| s.checkout(&c2)).await {
-            Ok(t) => t,
+        let Some(r) = self.rendered.clone() else {
+            unreachable!("rendered just above")
+        };
+
+        // node-local state: every node for itself (a Node not registered
+        // yet must not hold up cluster state; retried every pass)
+        if let Err(e) = self.apply_node_metadata(&r.node).await {
+            log::warn!("{e}");
+        }
+
+        // cluster state: one Lease holder at a time
+        let lock = LeaseLock {
+            namespace: SYSTEM_NAMESPACE.into(),
+            name: format!("{}-apply", applyset_name(&r.cluster)),
+            holder: self.node_name.clone(),
+            duration_seconds: LEASE_SECONDS,
+        };
+        match lock.try_acquire(&self.client).await {
+            Ok(LeaseState::Held) => {}
+            Ok(LeaseState::HeldBy(holder)) => {
+                return Outcome::Standby {
+                    commit: id.to_string(),
+                    holder,
+                }
+            }
             Err(e) => {
                 return Outcome::Failed {
-                    step: "checkout",
+                    step: "lease",
+                    commit: Some(id.to_string()),
+                    reason: e.to_string(),
+                }
+            }
+        }
+
+        let parent = ParentRef::new(&applyset_name(&r.cluster), SYSTEM_NAMESPACE);
+        if self.applier.as_ref().map(|a| a.parent()) != Some(&parent) {
+            self.applier = Some(Applier::new(self.client.clone(), parent));
+        }
+        let first_time = self.applied != Some(id);
+        let health = r.policy.health_timeout_seconds().unwrap_or(300);
+        let opts = cairn_apply::Options {
+            force: r.policy.force,
+            prune: r.policy.prune,
+            allow_empty: r.policy.allow_empty,
+            wait: first_time.then(|| Duration::from_secs(health)),
+            revision: Some(id.to_string()),
+            ..Default::default()
+        };
+        let Some(applier) = self.applier.as_mut() else {
+            unreachable!("set just above")
+        };
+        let report = match applier.apply(&r.objects, &opts).await {
+            Ok(rep) => rep,
+            Err(e) => {
+                return Outcome::Failed {
+                    step: "apply",
                     commit: Some(id.to_string()),
                     reason: e.to_string(),
                 }
             }
         };
+        if !report.failed.is_empty() {
+            return Outcome::Failed {
+                step: "apply",
+                commit: Some(id.to_string()),
+                reason: report.to_string(),
+            };
+        }
+        if !report.unhealthy.is_empty() {
+            return Outcome::Failed {
+                step: "health",
+                commit: Some(id.to_string()),
+                reason: report.to_string(),
+            };
+        }
+        self.watch.follow(applier.parent(), &r.objects).await;
+        if is_new || first_time {
+            if let Err(e) = self.with_source(move |s| s.record(&commit)).await {
+                return Outcome::Failed {
+                    step: "record",
+                    commit: Some(id.to_string()),
+                    reason: e.to_string(),
+                };
+            }
+        }
+        let changed = report.applied.len() + report.recreated.len();
+        if !first_time && changed == 0 && report.pruned.is_empty() {
+            return Outcome::Unchanged {
+                commit: id.to_string(),
+            };
+        }
+        self.applied = Some(id);
+        Outcome::Applied {
+            commit: id.to_string(),
+            objects: report.members,
+            changed,
+            pruned: report.pruned.len(),
+        }
+    }
+
+    async fn render(
+        &mut self,
+        commit: &cairn_source::VerifiedCommit,
+    ) -> Result<RenderedCommit, (&'static str, String)> {
+        let c2 = commit.clone();
+        let tree = self
+            .with_source(move |s| s.checkout(&c2))
+            .await
+            .map_err(|e| ("checkout", e.to_string()))?;
         let ident = identity::read(Path::new("/"));
         let baked = self.cfg.policies.clone();
-        let rendered = tokio::task::spawn_blocking(move || -> Result<_, (&'static str, String)> {
+        let id = commit.id();
+        tokio::task::spawn_blocking(move || -> Result<RenderedCommit, (&'static str, String)> {
             let fleet = cairn_render::Fleet::load(&tree).map_err(|e| ("render", e.to_string()))?;
             let plan = fleet
                 .resolve(&ident)
@@ -180,44 +341,29 @@ impl Agent {
             for w in report.warnings() {
                 log::warn!("policy warning: {w}");
             }
-            Ok(rendered)
+            Ok(RenderedCommit {
+                commit: id,
+                cluster: plan.cluster.clone(),
+                objects: rendered.objects,
+                node: plan.node_metadata.clone(),
+                policy: fleet.settings().apply.clone(),
+            })
         })
         .await
-        .expect("render task panicked");
-        let rendered = match rendered {
-            Ok(r) => r,
-            Err((step, reason)) => {
-                return Outcome::Failed {
-                    step,
-                    commit: Some(id.to_string()),
-                    reason,
-                }
-            }
-        };
-        let report = match cairn_apply::apply(&self.client, &rendered.objects).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Failed {
-                    step: "apply",
-                    commit: Some(id.to_string()),
-                    reason: e.to_string(),
-                }
-            }
-        };
-        if is_new {
-            if let Err(e) = self.with_source(move |s| s.record(&commit)).await {
-                return Outcome::Failed {
-                    step: "record",
-                    commit: Some(id.to_string()),
-                    reason: e.to_string(),
-                };
-            }
+        .expect("render task panicked")
+    }
+
+    /// Server-side apply this node's labels, annotations and taints to its
+    /// own Node object (field manager `cairn`), when they changed.
+    async fn apply_node_metadata(&mut self, m: &cairn_render::NodeMetadata) -> Result<(), String> {
+        let patch = node::node_patch(&self.node_name, m);
+        let key = patch.to_string();
+        if self.node_applied.as_deref() == Some(key.as_str()) {
+            return Ok(());
         }
-        self.applied = Some(id);
-        Outcome::Applied {
-            commit: id.to_string(),
-            objects: report.applied.len(),
-        }
+        node::apply(&self.client, &self.node_name, &patch).await?;
+        self.node_applied = Some(key);
+        Ok(())
     }
 
     /// Reconcile forever at the configured interval, reporting each outcome.
@@ -245,7 +391,15 @@ impl Agent {
                     }
                 }
             }
-            tokio::time::sleep(self.cfg.interval()).await;
+            let drift = self.drift.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.interval()) => {}
+                _ = drift.notified() => {
+                    log::info!("a managed object changed behind the agent's back: reconciling now");
+                    // let a burst of edits settle into one pass
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
     }
 }
@@ -253,8 +407,16 @@ impl Agent {
 fn log_outcome(o: &Outcome) {
     match o {
         Outcome::Unchanged { commit } => log::debug!("commit={commit} unchanged"),
-        Outcome::Applied { commit, objects } => {
-            log::info!("commit={commit} objects={objects} applied")
+        Outcome::Applied {
+            commit,
+            objects,
+            changed,
+            pruned,
+        } => log::info!(
+            "commit={commit} objects={objects} changed={changed} pruned={pruned} applied"
+        ),
+        Outcome::Standby { commit, holder } => {
+            log::info!("commit={commit} verified; cluster state is applied by {holder}")
         }
         Outcome::Refused { commit, reason } => log::error!(
             "commit={} refused: {reason}; nothing applied, the recorded commit is unchanged",

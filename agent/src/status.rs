@@ -13,6 +13,10 @@ pub const ANN_APPLIED: &str = "cairn.dev/applied-commit";
 pub const ANN_APPLIED_AT: &str = "cairn.dev/applied-at";
 pub const ANN_REFUSED: &str = "cairn.dev/refused-commit";
 pub const ANN_ERROR: &str = "cairn.dev/last-error";
+/// The node holding the cluster's apply Lease, as a standby node saw it.
+pub const ANN_APPLIER: &str = "cairn.dev/cluster-applier";
+/// The commit a standby node verified and rendered.
+pub const ANN_VERIFIED: &str = "cairn.dev/verified-commit";
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -29,6 +33,12 @@ pub fn annotations_for(o: &Outcome) -> serde_json::Value {
             ANN_APPLIED: commit,
             ANN_APPLIED_AT: now_rfc3339(),
             ANN_ERROR: null,
+            ANN_APPLIER: null,
+        }),
+        Outcome::Standby { commit, holder } => json!({
+            ANN_VERIFIED: commit,
+            ANN_APPLIER: holder,
+            ANN_ERROR: null,
         }),
         Outcome::Refused { commit, reason } => json!({
             ANN_REFUSED: commit.clone().unwrap_or_default(),
@@ -43,10 +53,20 @@ pub fn annotations_for(o: &Outcome) -> serde_json::Value {
 fn event_for(o: &Outcome) -> Option<(&'static str, &'static str, String)> {
     match o {
         Outcome::Unchanged { .. } => None,
-        Outcome::Applied { commit, objects } => Some((
+        Outcome::Applied {
+            commit,
+            objects,
+            changed,
+            pruned,
+        } => Some((
             "Normal",
             "Applied",
-            format!("applied commit {commit} ({objects} objects)"),
+            format!("applied commit {commit}: {objects} objects, {changed} sent, {pruned} pruned"),
+        )),
+        Outcome::Standby { commit, holder } => Some((
+            "Normal",
+            "Standby",
+            format!("commit {commit} verified; cluster state is applied by {holder}"),
         )),
         Outcome::Refused { reason, .. } => Some(("Warning", "SourceRefused", reason.clone())),
         Outcome::Failed { step, reason, .. } => {
@@ -108,6 +128,8 @@ mod tests {
         let a = annotations_for(&Outcome::Applied {
             commit: "abc".into(),
             objects: 2,
+            changed: 2,
+            pruned: 0,
         });
         assert_eq!(a[ANN_APPLIED], "abc");
         assert!(a[ANN_ERROR].is_null());

@@ -27,6 +27,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Render DIR and server-side apply it as one ApplySet (what the agent does).
+    Apply(ApplyArgs),
     /// Render a directory (or a node of a fleet repo) and print the objects as YAML.
     Render {
         dir: PathBuf,
@@ -37,6 +39,42 @@ enum Cmd {
         #[arg(long = "values")]
         values: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    /// A fleet repository (with --node) or any kustomization directory.
+    dir: PathBuf,
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Render the fleet repository's entry for this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Delete objects of the ApplySet that DIR no longer renders.
+    #[arg(long)]
+    prune: bool,
+    /// Wait for every object to become healthy (default 5m; e.g. --wait=90s).
+    #[arg(long, num_args = 0..=1, default_missing_value = "5m", value_name = "TIMEOUT")]
+    wait: Option<String>,
+    /// Server-side dry run: validate everything, write nothing.
+    #[arg(long, conflicts_with = "diff")]
+    dry_run: bool,
+    /// Print a unified diff per object (server-side dry run), write nothing.
+    #[arg(long)]
+    diff: bool,
+    /// Take over fields that another field manager applied.
+    #[arg(long)]
+    force: bool,
+    /// Accept an empty render (with --prune: deletes every object of the set).
+    #[arg(long)]
+    allow_empty: bool,
+    /// ApplySet parent Secret name (default: the agent's, cairn-<cluster>, with
+    /// --node; otherwise cairn-<directory name>).
+    #[arg(long)]
+    applyset: Option<String>,
+    /// Namespace of the ApplySet parent Secret.
+    #[arg(long, default_value = "kube-system")]
+    applyset_namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -68,8 +106,71 @@ enum SourceCmd {
     },
 }
 
+fn apply(a: ApplyArgs) -> Result<(), String> {
+    let (objects, set_name) = match &a.node {
+        Some(name) => {
+            let fleet = cairn_render::Fleet::load(&a.dir).map_err(|e| e.to_string())?;
+            let plan = fleet.plan_for(name).map_err(|e| e.to_string())?;
+            let r = cairn_render::render_node(&a.dir, &plan).map_err(|e| e.to_string())?;
+            (r.objects, cairn_agent::applyset_name(&plan.cluster))
+        }
+        None => {
+            let r = cairn_render::render_dir(&a.dir, &cairn_render::TemplateContext::default())
+                .map_err(|e| e.to_string())?;
+            let base = a
+                .dir
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "set".into());
+            (r.objects, format!("cairn-{base}"))
+        }
+    };
+    let wait = match &a.wait {
+        Some(w) => Some(std::time::Duration::from_secs(
+            cairn_render::parse_duration_seconds(w)
+                .ok_or_else(|| format!("--wait {w:?}: expected a duration like 90s, 5m or 1h"))?,
+        )),
+        None => None,
+    };
+    let opts = cairn_apply::Options {
+        force: a.force,
+        prune: a.prune,
+        allow_empty: a.allow_empty,
+        dry_run: a.dry_run,
+        diff: a.diff,
+        wait,
+        ..Default::default()
+    };
+    let parent = cairn_apply::ParentRef::new(
+        a.applyset.as_deref().unwrap_or(&set_name),
+        &a.applyset_namespace,
+    );
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let report = rt.block_on(async {
+        let client = cairn_agent::client_from_kubeconfig(&a.kubeconfig)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut applier = cairn_apply::Applier::new(client, parent);
+        applier
+            .apply(&objects, &opts)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    print!("{report}");
+    if !report.ok() {
+        return Err(format!(
+            "{} object(s) failed, {} unhealthy (see above)",
+            report.failed.len(),
+            report.unhealthy.len()
+        ));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
+        Cmd::Apply(a) => apply(a)?,
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

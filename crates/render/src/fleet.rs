@@ -54,6 +54,82 @@ pub struct FleetSettings {
     /// How OS updates roll through the fleet.
     #[serde(default)]
     pub update: UpdatePolicy,
+    /// How rendered objects are applied.
+    #[serde(default)]
+    pub apply: ApplyPolicy,
+}
+
+/// How the agent applies what the repository renders (`apply:` in `fleet.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplyPolicy {
+    /// Delete objects this repository applied earlier and no longer renders. Default true.
+    #[serde(default = "yes")]
+    pub prune: bool,
+    /// Allow a render that produces no objects at all (which would prune
+    /// everything). Default false: an empty render is refused.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Take over fields another field manager owns instead of refusing. Default false.
+    #[serde(default)]
+    pub force: bool,
+    /// How long objects may take to become healthy after an apply ("5m", "90s").
+    #[serde(default = "five_minutes")]
+    pub health_timeout: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn five_minutes() -> String {
+    "5m".into()
+}
+
+impl Default for ApplyPolicy {
+    fn default() -> Self {
+        ApplyPolicy {
+            prune: true,
+            allow_empty: false,
+            force: false,
+            health_timeout: five_minutes(),
+        }
+    }
+}
+
+impl ApplyPolicy {
+    /// `health_timeout` in seconds.
+    pub fn health_timeout_seconds(&self) -> Result<u64, String> {
+        parse_duration_seconds(&self.health_timeout).ok_or_else(|| {
+            format!(
+                "apply.healthTimeout {:?}: expected a duration like 90s, 5m or 1h30m",
+                self.health_timeout
+            )
+        })
+    }
+}
+
+/// "90s", "5m", "1h30m" → seconds.
+pub fn parse_duration_seconds(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        any = true;
+    }
+    (num.is_empty() && any).then_some(total)
 }
 
 /// The desired OS version (a TUF target version published by `cairn-image`).
@@ -216,6 +292,8 @@ pub struct NodePlan {
     /// What `.j2` files see.
     pub context: TemplateContext,
     pub matched_by: MatchedBy,
+    /// Labels, annotations and taints for the node's own Node object.
+    pub node_metadata: NodeMetadata,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +308,8 @@ struct FleetFile {
     os: OsSettings,
     #[serde(default)]
     update: UpdatePolicy,
+    #[serde(default)]
+    apply: ApplyPolicy,
     #[serde(default)]
     values: Option<Value>,
 }
@@ -255,11 +335,35 @@ struct NodeFile {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    taints: Vec<Taint>,
+    #[serde(default)]
     values: Option<Value>,
     #[serde(default)]
     render: Option<Vec<String>>,
     #[serde(default)]
     description: Option<String>,
+}
+
+/// A node taint from a node entry (`taints:`), as on the Node object.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// NoSchedule, PreferNoSchedule or NoExecute.
+    pub effect: String,
+}
+
+/// What a node sets on its own Node object (labels, annotations, taints
+/// from its entry): applied by each node for itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMetadata {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +379,8 @@ struct NodeMatch {
 
 #[derive(Debug, Clone)]
 struct NodeEntry {
+    annotations: BTreeMap<String, String>,
+    taints: Vec<Taint>,
     name: String,
     file: PathBuf,
     cluster: String,
@@ -311,7 +417,11 @@ impl Fleet {
         let settings = FleetSettings {
             os: raw.os,
             update: raw.update,
+            apply: raw.apply,
         };
+        if let Err(m) = settings.apply.health_timeout_seconds() {
+            return Err(fleet_err(&fleet_path, &m));
+        }
         if settings.os.version.trim().is_empty() {
             return Err(fleet_err(&fleet_path, "os.version must not be empty"));
         }
@@ -438,6 +548,17 @@ impl Fleet {
                     .collect::<Result<Vec<_>, _>>()?,
                 None => vec![PathBuf::from("clusters").join(&f.cluster)],
             };
+            for t in &f.taints {
+                if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
+                    return Err(fleet_err(
+                        &path,
+                        &format!(
+                            "taints: {:?} has effect {:?}; use NoSchedule, PreferNoSchedule or NoExecute",
+                            t.key, t.effect
+                        ),
+                    ));
+                }
+            }
             let entry = NodeEntry {
                 name,
                 file: path.clone(),
@@ -448,6 +569,8 @@ impl Fleet {
                 hostname: f.matcher.hostname,
                 machine_id,
                 labels: f.labels,
+                annotations: f.annotations,
+                taints: f.taints,
                 values: mapping_or_empty(&path, "values", f.values)?,
                 render,
             };
@@ -633,6 +756,11 @@ impl Fleet {
                 values,
             },
             matched_by: how,
+            node_metadata: NodeMetadata {
+                labels: n.labels.clone(),
+                annotations: n.annotations.clone(),
+                taints: n.taints.clone(),
+            },
         }
     }
 }

@@ -29,8 +29,8 @@ use std::path::Path;
 
 pub use error::RenderError;
 pub use fleet::{
-    normalize_mac, Fleet, FleetSettings, MaintenanceWindow, MatchedBy, NodeIdentity, NodePlan,
-    OsSettings, UpdatePolicy, ROLES,
+    normalize_mac, parse_duration_seconds, ApplyPolicy, Fleet, FleetSettings, MaintenanceWindow,
+    MatchedBy, NodeIdentity, NodeMetadata, NodePlan, OsSettings, Taint, UpdatePolicy, ROLES,
 };
 pub use template::{merge_values, TemplateContext};
 

@@ -1,0 +1,256 @@
+//! A real control plane for tests: Debian's `etcd` and the project's pinned
+//! `kube-apiserver` on loopback, with a fresh PKI, in a temporary directory.
+//!
+//! Binaries: `CAIRN_KUBE_BIN` (a directory holding `kube-apiserver`; the
+//! test runner sets it from `image-build/scripts/kubernetes.sh`), otherwise
+//! the script's cache. Absent binaries are an error with the command that
+//! provides them — never a silent skip.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cairn_image::pki;
+
+/// Where `kube-apiserver` lives.
+pub fn kube_bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("CAIRN_KUBE_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image-build/kubernetes.lock");
+    let text = std::fs::read_to_string(&lock).with_context(|| format!("reading {lock:?}"))?;
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("version="))
+        .context("kubernetes.lock has no version= line")?;
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let dir = PathBuf::from(home).join(format!(".cache/cairn/kubernetes/{version}/bin"));
+    if !dir.join("kube-apiserver").is_file() {
+        bail!(
+            "no kube-apiserver in {dir:?}: run `bash image-build/scripts/kubernetes.sh` \
+             (or set CAIRN_KUBE_BIN to a directory holding it)"
+        );
+    }
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let f = std::fs::File::create(log)?;
+    let shown = format!("{:?}", cmd.get_program());
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()
+        .with_context(|| format!("starting {shown}"))
+}
+
+fn tail(log: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().rev().take(25).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// etcd + kube-apiserver, stopped (killed) on drop.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+    apiserver_cmd: Vec<String>,
+    bin: PathBuf,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// An admin (system:masters) kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Another admin identity, for tests of "another field manager".
+    pub kubeconfig_other: PathBuf,
+}
+
+impl ControlPlane {
+    /// Start etcd and the API server and wait until `/readyz` answers.
+    pub fn start() -> Result<ControlPlane> {
+        let bin = kube_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-kubetest-")
+            .tempdir()?;
+        let d = dir.path();
+        let pki = pki::generate(&pki::PkiSpec {
+            node_name: "kubetest",
+            api_sans: &[],
+        })
+        .map_err(|e| anyhow::anyhow!("generating the test PKI: {e}"))?;
+        let w = |name: &str, s: &str| std::fs::write(d.join(name), s);
+        w("ca.crt", &pki.ca.cert)?;
+        w("apiserver.crt", &pki.apiserver.cert)?;
+        w("apiserver.key", &pki.apiserver.key)?;
+        w("sa.key", &pki.sa_private)?;
+        w("sa.pub", &pki.sa_public)?;
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let port = free_port()?;
+        let url = format!("https://127.0.0.1:{port}");
+        let kubeconfig = d.join("admin.kubeconfig");
+        w(
+            "admin.kubeconfig",
+            &pki::kubeconfig(&url, &pki.ca.cert, &pki.admin, "cairn-admin"),
+        )?;
+        let kubeconfig_other = d.join("other.kubeconfig");
+        w(
+            "other.kubeconfig",
+            &pki::kubeconfig(&url, &pki.ca.cert, &pki.agent, "other"),
+        )?;
+        let etcd = spawn(
+            Command::new("etcd")
+                .arg(format!("--data-dir={}", d.join("etcd").display()))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+                ))
+                .arg(format!(
+                    "--initial-cluster=default=http://127.0.0.1:{etcd_peer}"
+                ))
+                // test data: durability is not the point, speed is
+                .arg("--unsafe-no-fsync"),
+            &d.join("etcd.log"),
+        )?;
+        let p = |n: &str| d.join(n).display().to_string();
+        let apiserver_cmd = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", p("certs")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.96.0.0/12".into(),
+            "--authorization-mode=RBAC".into(),
+            "--enable-priority-and-fairness=false".into(),
+            // no controller-manager runs: keep the API server from waiting on one
+            "--enable-admission-plugins=".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+        ];
+        let mut cp = ControlPlane {
+            dir,
+            etcd: Some(etcd),
+            apiserver: None,
+            apiserver_cmd,
+            bin,
+            url,
+            kubeconfig,
+            kubeconfig_other,
+        };
+        cp.start_apiserver()?;
+        Ok(cp)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Start the API server (after [`ControlPlane::stop_apiserver`]) and wait for readiness.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        let log = self.dir.path().join("kube-apiserver.log");
+        let child = spawn(
+            Command::new(self.bin.join("kube-apiserver")).args(&self.apiserver_cmd),
+            &log,
+        )?;
+        self.apiserver = Some(child);
+        self.wait_ready(Duration::from_secs(180))
+    }
+
+    /// Kill the API server (etcd keeps running).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut c) = self.apiserver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        let log = self.dir.path().join("kube-apiserver.log");
+        loop {
+            if let Some(c) = self.apiserver.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("kube-apiserver exited ({st}):\n{}", tail(&log));
+                }
+            }
+            let out = Command::new("kubectl")
+                .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                .args(["get", "--raw=/readyz"])
+                .output();
+            if let Ok(o) = out {
+                if o.status.success() {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "kube-apiserver not ready after {:?}:\n{}",
+                    start.elapsed(),
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A kube client for the admin identity.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// `kubectl --kubeconfig=… ARGS`, returning stdout; an error carries stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop_apiserver();
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! A/B OS slots (being written).
+#![forbid(unsafe_code)]
