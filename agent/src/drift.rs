@@ -80,7 +80,7 @@ impl Watch {
             };
             let api: Api<PartialObjectMeta<DynamicObject>> =
                 Api::all_with(self.client.clone(), &ar);
-            let cfg = watcher::Config::default().labels(&selector);
+            let cfg = watcher::Config::default().labels(&selector).page_size(100);
             let notify = self.notify.clone();
             let kind = k.clone();
             self.tasks.push(tokio::spawn(async move {

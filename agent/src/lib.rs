@@ -35,6 +35,9 @@ pub fn applyset_name(cluster: &str) -> String {
 /// Namespace of the ApplySet parent and of the apply Lease.
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
 
+/// Objects in flight at once when the agent applies.
+pub const AGENT_CONCURRENCY: usize = 8;
+
 /// Seconds an apply Lease lasts without renewal.
 pub const LEASE_SECONDS: i32 = 90;
 
@@ -103,7 +106,7 @@ pub struct Agent {
     applied: Option<CommitId>,
     /// The last verified commit's render, kept so drift can be corrected
     /// without rendering again.
-    rendered: Option<RenderedCommit>,
+    rendered: Option<Arc<RenderedCommit>>,
     applier: Option<Applier>,
     /// Wakes the loop when a managed object changes behind our back.
     drift: Arc<tokio::sync::Notify>,
@@ -202,7 +205,7 @@ impl Agent {
         let id = commit.id();
         if self.rendered.as_ref().map(|r| r.commit) != Some(id) {
             match self.render(&commit).await {
-                Ok(r) => self.rendered = Some(r),
+                Ok(r) => self.rendered = Some(Arc::new(r)),
                 Err((step, reason)) => {
                     return Outcome::Failed {
                         step,
@@ -256,8 +259,11 @@ impl Agent {
             force: r.policy.force,
             prune: r.policy.prune,
             allow_empty: r.policy.allow_empty,
-            wait: first_time.then(|| Duration::from_secs(health)),
+            // healthTimeout: 0s turns the wait off
+            wait: (first_time && health > 0).then(|| Duration::from_secs(health)),
             revision: Some(id.to_string()),
+            // a node agent has time; fewer connections keep its memory small
+            concurrency: AGENT_CONCURRENCY,
             ..Default::default()
         };
         let Some(applier) = self.applier.as_mut() else {
@@ -366,10 +372,21 @@ impl Agent {
         Ok(())
     }
 
+    /// Reconcile forever at the configured interval, reporting each outcome;
+    /// `after_pass` runs after every pass (the daemon returns freed heap to
+    /// the system there).
+    pub async fn run_with(self, after_pass: impl Fn()) {
+        self.run_inner(&after_pass).await
+    }
+
     /// Reconcile forever at the configured interval, reporting each outcome.
     /// An outcome that could not be reported (API server not up yet, Node
     /// not registered yet) is retried on the next pass until it is.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        self.run_inner(&|| {}).await
+    }
+
+    async fn run_inner(mut self, after_pass: &dyn Fn()) {
         let mut reported: Option<Outcome> = None;
         let mut pending: Option<Outcome> = None;
         loop {
@@ -391,6 +408,7 @@ impl Agent {
                     }
                 }
             }
+            after_pass();
             let drift = self.drift.clone();
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.interval()) => {}

@@ -7,6 +7,8 @@ PKGS=(
   # rootfs and artifacts
   mkosi debootstrap systemd-container erofs-utils cpio zstd dosfstools mtools
   squashfs-tools cryptsetup-bin systemd-boot-efi ovmf kmod
+  # disk images: sfdisk, objcopy/objdump (UKIs)
+  fdisk binutils
   # guest payloads
   busybox-static libc6-dev gcc
   # Kubernetes from source

@@ -16,6 +16,23 @@ use crate::{io, ImageError, Result};
 /// Modules stage 1 needs in PXE mode (dependencies are added automatically).
 pub const STAGE1_MODULES: &[&str] = &["loop", "erofs", "overlay"];
 
+/// Modules stage 1 loads on top of [`STAGE1_MODULES`] in disk mode: the
+/// disk drivers (virtio, SCSI, NVMe, AHCI; `virtio_pci` explicitly because
+/// nothing depends on it), device-mapper with dm-verity, and ext4 for STATE.
+/// On the Debian 6.1 kernel all of these are modules (none is in
+/// `modules.builtin`); sha256 is built in.
+pub const DISK_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "nvme",
+    "ahci",
+    "dm_mod",
+    "dm_verity",
+    "ext4",
+];
+
 /// Where the rootfs image sits inside the initramfs.
 pub const ROOTFS_PATH: &str = "/cairn/rootfs.erofs";
 
@@ -40,6 +57,7 @@ pub fn manifest(rootfs: &Rootfs, version: &str) -> Manifest {
             fstype: "erofs".into(),
         },
         modules: STAGE1_MODULES.iter().map(|s| s.to_string()).collect(),
+        disk_modules: DISK_MODULES.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -61,7 +79,11 @@ pub fn build(inp: &InitramfsInputs) -> Result<PathBuf> {
         &String::from_utf8_lossy(&softdep),
         &String::from_utf8_lossy(&alias),
     );
-    let wanted: Vec<String> = STAGE1_MODULES.iter().map(|s| s.to_string()).collect();
+    let wanted: Vec<String> = STAGE1_MODULES
+        .iter()
+        .chain(DISK_MODULES)
+        .map(|s| s.to_string())
+        .collect();
     let files = index
         .closure(&wanted)
         .map_err(|e| ImageError::Invalid(format!("stage-1 modules for {kver}: {e}")))?;

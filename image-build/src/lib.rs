@@ -7,9 +7,12 @@
 //!   manifest and the trust anchors, as a newc cpio;
 //! - [`oci`]: the container images pods need, built locally (no registry);
 //! - [`pki`]: a cluster's certificates and kubeconfigs;
-//! - [`pxe`]: the iPXE script and the per-node configuration initrd.
+//! - [`pxe`]: the iPXE script and the per-node configuration initrd;
+//! - [`disk`]: disk mode: the dm-verity hash tree, one UKI per slot and
+//!   version, and the GPT disk image (`cairn-image disk`).
 
 pub mod cpio;
+pub mod disk;
 pub mod initramfs;
 pub mod mkosi;
 pub mod oci;

@@ -36,6 +36,44 @@ enum Cmd {
         #[arg(long)]
         repo: Option<PathBuf>,
     },
+    /// Build a bootable GPT disk image (`disk.raw`) with slot A holding this
+    /// version, plus the per-version update artifacts (`rootfs.erofs`,
+    /// `rootfs.verity`, `verity.json`, the slot-A UKI). Either reuses the
+    /// output of `cairn-image build` (`--from`) or builds it first into OUT
+    /// (then the `build` flags are required).
+    Disk {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+        /// Directory holding a `cairn-image build` output (vmlinuz,
+        /// initramfs.cpio.gz, rootfs.erofs) of the same version.
+        #[arg(long, conflicts_with_all = ["kube_bin", "init", "bins", "allowed_signers"])]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        kube_bin: Option<PathBuf>,
+        #[arg(long)]
+        init: Option<PathBuf>,
+        #[arg(long = "bin")]
+        bins: Vec<PathBuf>,
+        #[arg(long)]
+        allowed_signers: Option<PathBuf>,
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// EFI system partition size, MiB (FAT32; holds two UKIs during an update).
+        #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().esp_mib)]
+        esp_mib: u64,
+        /// Size of each root partition (root-a, root-b), MiB.
+        #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().root_mib)]
+        root_mib: u64,
+        /// Size of each verity partition (verity-a, verity-b), MiB; must hold
+        /// the hash tree of a full root partition.
+        #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().verity_mib)]
+        verity_mib: u64,
+        /// STATE partition size, MiB (left blank; formatted ext4 on first boot).
+        #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().state_mib)]
+        state_mib: u64,
+    },
     /// Generate a cluster PKI as an `etc/` tree for a node's configuration initrd.
     Pki {
         #[arg(long)]
@@ -81,6 +119,72 @@ fn main() -> anyhow::Result<()> {
             })
             .context("image build failed")?;
             println!("{}", serde_json::to_string_pretty(&built.summary())?);
+        }
+        Cmd::Disk {
+            out,
+            version,
+            from,
+            kube_bin,
+            init,
+            bins,
+            allowed_signers,
+            repo,
+            esp_mib,
+            root_mib,
+            verity_mib,
+            state_mib,
+        } => {
+            let os_version = cairn_slots::OsVersion::new(&version)
+                .with_context(|| format!("--version {version}"))?;
+            let built_dir = match from {
+                Some(dir) => dir,
+                None => {
+                    let need = |o: Option<PathBuf>, flag: &str| {
+                        o.with_context(|| format!("{flag} is required without --from"))
+                    };
+                    if bins.is_empty() {
+                        anyhow::bail!("--bin is required without --from");
+                    }
+                    let repo = repo.unwrap_or_else(cairn_image::default_repo_root);
+                    cairn_image::build_image(&cairn_image::BuildInputs {
+                        repo_root: &repo,
+                        out: &out,
+                        version: &version,
+                        kube_bin: &need(kube_bin, "--kube-bin")?,
+                        init_binary: &need(init, "--init")?,
+                        cairn_bins: bins,
+                        allowed_signers: &need(allowed_signers, "--allowed-signers")?,
+                    })
+                    .context("image build failed")?;
+                    out.clone()
+                }
+            };
+            let rootfs = built_dir.join("rootfs.erofs");
+            let disk = cairn_image::disk::build_disk(&cairn_image::disk::DiskInputs {
+                version: &os_version,
+                kernel: &built_dir.join("vmlinuz"),
+                initramfs: &built_dir.join("initramfs.cpio.gz"),
+                rootfs: &rootfs,
+                sizes: cairn_image::disk::DiskSizes {
+                    esp_mib,
+                    root_mib,
+                    verity_mib,
+                    state_mib,
+                },
+                out: &out,
+            })
+            .context("disk build failed")?;
+            if built_dir != out {
+                // The update artifacts travel together: link (or copy) the rootfs beside its hash tree.
+                let dst = out.join("rootfs.erofs");
+                let _ = std::fs::remove_file(&dst);
+                std::fs::hard_link(&rootfs, &dst)
+                    .or_else(|_| std::fs::copy(&rootfs, &dst).map(|_| ()))
+                    .with_context(|| {
+                        format!("copying {} to {}", rootfs.display(), dst.display())
+                    })?;
+            }
+            println!("{}", serde_json::to_string_pretty(&disk)?);
         }
         Cmd::Pki { out, node, sans } => {
             let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {

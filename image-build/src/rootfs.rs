@@ -150,7 +150,7 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io(to))
 }
 
-fn os_release(version: &str) -> String {
+pub(crate) fn os_release(version: &str) -> String {
     format!(
         "NAME=\"cairn\"\nPRETTY_NAME=\"cairn {version}\"\nID=cairn\nID_LIKE=debian\nVERSION=\"{version}\"\nVERSION_ID={version}\nHOME_URL=\"https://cairn.invalid/\"\n"
     )

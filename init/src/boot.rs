@@ -2,7 +2,8 @@
 //! switch_root. Each step is a function over [`Sys`], so the whole sequence
 //! runs against a recording fake in unit tests.
 
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, Mode};
+use crate::disk;
 use crate::manifest::{Manifest, MANIFEST_PATH};
 use crate::modules::ModuleIndex;
 use crate::sys::{join, Mount, MountFlags, Sys};
@@ -101,6 +102,9 @@ pub fn load_modules(
         &String::from_utf8_lossy(&alias),
     );
     let mut wanted = manifest.modules.clone();
+    if matches!(cmdline.mode, Mode::Disk(_)) {
+        wanted.extend(manifest.disk_modules.iter().cloned());
+    }
     wanted.extend(cmdline.extra_modules.iter().cloned());
     let order = index.load_order(&wanted)?;
     for rel in &order {
@@ -160,6 +164,13 @@ pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitE
     for d in ["etc-upper", "etc-work", "var"] {
         sys.mkdir_all(&join(STATE, d))?;
     }
+    overlay_state(sys, STATE)
+}
+
+/// The `/etc` overlay (upper dir in `state`), `/var` bound from `state`,
+/// and a tmpfs `/tmp`, over the read-only root at [`SYSROOT`]. `state`
+/// holds `etc-upper`, `etc-work` and `var`.
+pub fn overlay_state(sys: &mut dyn Sys, state: &str) -> Result<(), InitError> {
     let etc = join(SYSROOT, "etc");
     sys.mount(&m(
         "overlay",
@@ -167,11 +178,11 @@ pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitE
         "overlay",
         MountFlags::default(),
         Some(&format!(
-            "lowerdir={etc},upperdir={STATE}/etc-upper,workdir={STATE}/etc-work"
+            "lowerdir={etc},upperdir={state}/etc-upper,workdir={state}/etc-work"
         )),
     ))?;
     sys.mount(&Mount {
-        source: join(STATE, "var"),
+        source: join(state, "var"),
         target: join(SYSROOT, "var"),
         fstype: None,
         flags: MountFlags {
@@ -249,12 +260,42 @@ pub fn run(
     ));
     let n = load_modules(sys, &manifest, &cmdline)?;
     log(&format!("loaded {n} modules"));
-    verify_rootfs(sys, &manifest)?;
-    log(&format!(
-        "rootfs {} verified: {} bytes, sha256 {}",
-        manifest.rootfs.path, manifest.rootfs.size, manifest.rootfs.sha256
-    ));
-    assemble_root(sys, &manifest)?;
+    match &cmdline.mode {
+        Mode::Pxe => {
+            verify_rootfs(sys, &manifest)?;
+            log(&format!(
+                "rootfs {} verified: {} bytes, sha256 {}",
+                manifest.rootfs.path, manifest.rootfs.size, manifest.rootfs.sha256
+            ));
+            assemble_root(sys, &manifest)?;
+        }
+        Mode::Disk(boot) => {
+            log(&format!(
+                "disk mode: slot {} version {}",
+                boot.slot, boot.version
+            ));
+            let (disk, layout) = disk::find_layout(sys, disk::DISK_WAIT)?;
+            log(&format!(
+                "disk /dev/{disk}: slot {} is {} + {}",
+                boot.slot,
+                layout.root(boot.slot),
+                layout.verity(boot.slot)
+            ));
+            let dev = disk::mount_root(sys, &layout, &boot.clone())?;
+            log(&format!(
+                "dm-verity {dev} set up (root hash {}); erofs mounted read-only at {SYSROOT}",
+                boot.root_hash
+            ));
+            let formatted = disk::mount_state(sys, &layout, log)?;
+            log(&format!(
+                "state {} mounted at {}{}",
+                layout.state,
+                disk::STATE_DIR,
+                if formatted { " (new ext4)" } else { "" }
+            ));
+            overlay_state(sys, disk::STATE_DIR)?;
+        }
+    }
     configure(sys, &cmdline)?;
     switch_root(sys)?;
     Ok(cmdline)
@@ -276,6 +317,7 @@ mod tests {
                 fstype: "erofs".into(),
             },
             modules: vec!["erofs".into(), "loop".into()],
+            disk_modules: vec!["dm_verity".into()],
         };
         let mut s = RecordingSys::default();
         s.files
@@ -405,6 +447,163 @@ mod tests {
         s.files.remove("/cairn/rootfs.erofs");
         let e = run(&mut s, "", &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("boot script"), "{e}");
+    }
+
+    fn disk_fake() -> RecordingSys {
+        let mut s = fake();
+        s.files.insert(
+            "/lib/modules/6.1.0-test/modules.dep".into(),
+            b"kernel/fs/erofs/erofs.ko: kernel/lib/lz4.ko\nkernel/lib/lz4.ko:\nkernel/drivers/block/loop.ko:\nkernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-mod.ko\nkernel/drivers/md/dm-mod.ko:\n".to_vec(),
+        );
+        s.disks.insert("vda".into(), crate::disk::tests::vda());
+        s.disks_visible_at = 2.0;
+        s.devices.insert(
+            "/dev/vda3".into(),
+            crate::disk::tests::superblock(104_809, "sha256"),
+        );
+        s.devices.insert("/dev/vda6".into(), vec![]);
+        s
+    }
+
+    fn disk_cmdline() -> String {
+        format!(
+            "console=ttyS0 cairn.slot=a cairn.version=1.2.0 cairn.verity={}",
+            crate::disk::tests::HASH
+        )
+    }
+
+    /// The effects that matter, in order, as short strings.
+    fn effects(s: &RecordingSys) -> Vec<String> {
+        s.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount(m) if m.flags.move_ => Some(format!("move {} {}", m.source, m.target)),
+                Call::Mount(m) if m.flags.bind => Some(format!("bind {} {}", m.source, m.target)),
+                Call::Mount(m) => Some(format!(
+                    "mount {} {} {}{}",
+                    m.fstype.as_deref().unwrap_or("-"),
+                    m.source,
+                    m.target,
+                    if m.flags.read_only { " ro" } else { "" }
+                )),
+                Call::DmCreate(d) => Some(format!("dm {} {}", d.name, d.targets[0].params)),
+                Call::Run(p, a) => Some(format!("run {p} {}", a.join(" "))),
+                Call::LoadModule(p) => Some(format!("insmod {p}")),
+                Call::SwitchRoot(r) => Some(format!("switch_root {r}")),
+                Call::LoopAttach(f) => Some(format!("loop {f}")),
+                Call::Hash(f) => Some(format!("hash {f}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn disk_mode_sequence_first_boot() {
+        let mut s = disk_fake();
+        let mut lines = Vec::new();
+        run(&mut s, &disk_cmdline(), &mut |l| lines.push(l.to_string())).unwrap();
+        let h = crate::disk::tests::HASH;
+        let salt = crate::disk::tests::SALT;
+        let ld = "/sysroot/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+        assert_eq!(
+            effects(&s),
+            [
+                "insmod /lib/modules/6.1.0-test/kernel/lib/lz4.ko".to_string(),
+                "insmod /lib/modules/6.1.0-test/kernel/fs/erofs/erofs.ko".into(),
+                "insmod /lib/modules/6.1.0-test/kernel/drivers/block/loop.ko".into(),
+                "insmod /lib/modules/6.1.0-test/kernel/drivers/md/dm-mod.ko".into(),
+                "insmod /lib/modules/6.1.0-test/kernel/drivers/md/dm-verity.ko".into(),
+                format!("dm root 1 /dev/vda2 /dev/vda3 4096 4096 104809 1 sha256 {h} {salt} 1 panic_on_corruption"),
+                "mount erofs /dev/dm-0 /sysroot ro".into(),
+                format!("run {ld} --library-path /sysroot/usr/lib/x86_64-linux-gnu /sysroot/usr/sbin/mke2fs -q -F -t ext4 -L cairn-state /dev/vda6"),
+                "mount ext4 /dev/vda6 /run/cairn/state".into(),
+                "mount overlay overlay /sysroot/etc".into(),
+                "bind /run/cairn/state/var /sysroot/var".into(),
+                "mount tmpfs tmpfs /sysroot/tmp".into(),
+                "move /dev /sysroot/dev".into(),
+                "move /proc /sysroot/proc".into(),
+                "move /sys /sysroot/sys".into(),
+                "move /run /sysroot/run".into(),
+                "switch_root /sysroot".into(),
+            ]
+        );
+        let overlay = s
+            .calls
+            .iter()
+            .find_map(|c| match c {
+                Call::Mount(m) if m.target == "/sysroot/etc" => m.data.clone(),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            overlay,
+            "lowerdir=/sysroot/etc,upperdir=/run/cairn/state/etc-upper,workdir=/run/cairn/state/etc-work"
+        );
+        for d in ["etc-upper", "etc-work", "var"] {
+            assert!(s
+                .calls
+                .contains(&Call::Mkdir(format!("/run/cairn/state/{d}"))));
+        }
+        // No PXE-mode image check in disk mode.
+        assert!(!s
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Hash(_) | Call::LoopAttach(_))));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("dm-verity /dev/dm-0 set up")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("(new ext4)")), "{lines:?}");
+    }
+
+    #[test]
+    fn disk_mode_errors_name_the_partition_and_stop_before_mounting() {
+        // The slot's verity partition is blank.
+        let mut s = disk_fake();
+        s.devices.insert("/dev/vda3".into(), vec![0u8; 512]);
+        let e = run(&mut s, &disk_cmdline(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/vda3 (verity-a)") && e.contains("no dm-verity superblock"),
+            "{e}"
+        );
+        assert!(
+            !s.calls
+                .iter()
+                .any(|c| matches!(c, Call::DmCreate(_) | Call::Mount(_))),
+            "{:?}",
+            s.calls
+        );
+
+        // A missing partition.
+        let mut s = disk_fake();
+        s.disks
+            .get_mut("vda")
+            .unwrap()
+            .retain(|p| p.name != "verity-b");
+        let e = run(&mut s, &disk_cmdline(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no partition named \"verity-b\""), "{e}");
+        assert!(!s
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::DmCreate(_) | Call::SwitchRoot(_))));
+
+        // A bad root hash on the command line never reaches the kernel.
+        let mut s = disk_fake();
+        let e = run(
+            &mut s,
+            "cairn.slot=a cairn.version=1.2.0 cairn.verity=xyz",
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cairn.verity=xyz"), "{e}");
+        assert!(s.calls.is_empty());
     }
 
     #[test]

@@ -3,17 +3,45 @@
 //! cairn-init reads only `cairn.*` keys and passes everything else through to
 //! the kernel and systemd untouched. Unknown `cairn.*` keys are an error, so a
 //! typo in a boot entry is seen at once instead of silently ignored.
+//!
+//! Disk mode is selected by `cairn.slot=`; the UKI that systemd-boot starts
+//! carries it together with `cairn.version=` and `cairn.verity=` (see
+//! `cairn_image::disk` for the whole command line):
+//!
+//! - `cairn.slot=a|b`: the slot whose `root-<slot>` and `verity-<slot>`
+//!   partitions hold the root;
+//! - `cairn.version=`: the OS version of that slot (a
+//!   [`cairn_slots::OsVersion`]);
+//! - `cairn.verity=`: the dm-verity root hash of `root-<slot>`, 64 hex
+//!   digits (sha256). The only trusted input for the root: everything else
+//!   is read from the verity superblock and checked against it by the kernel.
 
 use std::collections::BTreeMap;
+
+use cairn_slots::{OsVersion, Slot};
 
 use crate::InitError;
 
 /// How the root filesystem reaches this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     /// Network boot: the rootfs image arrived as an extra initrd and lives in
     /// the initramfs; state is on tmpfs.
     Pxe,
+    /// Disk boot (`cairn.slot=`): the root is a slot's erofs partition under
+    /// dm-verity, state is the `state` partition.
+    Disk(DiskBoot),
+}
+
+/// The disk-mode parameters, all from the booted UKI's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskBoot {
+    /// `cairn.slot=`.
+    pub slot: Slot,
+    /// `cairn.version=`.
+    pub version: OsVersion,
+    /// `cairn.verity=`, lowercase hex.
+    pub root_hash: String,
 }
 
 /// What to do when stage 1 fails.
@@ -44,6 +72,9 @@ const KNOWN: &[&str] = &[
     "cairn.on_failure",
     "cairn.modules",
     "cairn.init",
+    "cairn.slot",
+    "cairn.version",
+    "cairn.verity",
 ];
 
 impl Cmdline {
@@ -66,11 +97,34 @@ impl Cmdline {
             }
             kv.insert(key, value);
         }
-        let mode = match kv.get("cairn.mode").map(String::as_str) {
-            None | Some("pxe") => Mode::Pxe,
-            Some(other) => {
+        let mode = match (
+            kv.get("cairn.mode").map(String::as_str),
+            kv.contains_key("cairn.slot"),
+        ) {
+            (None | Some("pxe"), false) => {
+                for k in ["cairn.version", "cairn.verity"] {
+                    if kv.contains_key(k) {
+                        return Err(InitError::Cmdline(format!(
+                            "{k}= is only meaningful in disk mode, which needs cairn.slot=a|b too"
+                        )));
+                    }
+                }
+                Mode::Pxe
+            }
+            (None | Some("disk"), true) => Mode::Disk(disk_boot(&kv)?),
+            (Some("disk"), false) => {
+                return Err(InitError::Cmdline(
+                    "cairn.mode=disk needs cairn.slot=a|b, cairn.version= and cairn.verity=".into(),
+                ))
+            }
+            (Some("pxe"), true) => {
+                return Err(InitError::Cmdline(
+                    "cairn.mode=pxe contradicts cairn.slot= (which selects disk mode)".into(),
+                ))
+            }
+            (Some(other), _) => {
                 return Err(InitError::Cmdline(format!(
-                    "cairn.mode={other} is not supported (expected pxe)"
+                    "cairn.mode={other} is not supported (expected pxe or disk)"
                 )))
             }
         };
@@ -113,6 +167,38 @@ impl Cmdline {
             init,
         })
     }
+}
+
+fn disk_boot(kv: &BTreeMap<String, String>) -> Result<DiskBoot, InitError> {
+    let get = |k: &str| {
+        kv.get(k).ok_or_else(|| {
+            InitError::Cmdline(format!(
+                "disk mode (cairn.slot=) needs {k}= too; the boot entry's UKI is incomplete"
+            ))
+        })
+    };
+    let slot = match get("cairn.slot")?.as_str() {
+        "a" => Slot::A,
+        "b" => Slot::B,
+        other => {
+            return Err(InitError::Cmdline(format!(
+                "cairn.slot={other} is not a slot (expected a or b)"
+            )))
+        }
+    };
+    let version = OsVersion::new(get("cairn.version")?)
+        .map_err(|e| InitError::Cmdline(format!("cairn.version=: {e}")))?;
+    let root_hash = get("cairn.verity")?.to_ascii_lowercase();
+    if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(InitError::Cmdline(format!(
+            "cairn.verity={root_hash} is not a sha256 dm-verity root hash (64 hex digits)"
+        )));
+    }
+    Ok(DiskBoot {
+        slot,
+        version,
+        root_hash,
+    })
 }
 
 /// Split like the kernel does: on whitespace, with double quotes grouping.
@@ -181,6 +267,56 @@ mod tests {
     fn unknown_cairn_key_is_an_error_naming_it() {
         let e = Cmdline::parse("cairn.hostnme=x").unwrap_err();
         assert!(e.to_string().contains("cairn.hostnme"), "{e}");
+    }
+
+    #[test]
+    fn slot_selects_disk_mode() {
+        let h = "AB".repeat(32);
+        let c = Cmdline::parse(&format!(
+            "console=ttyS0 cairn.slot=b cairn.version=1.2.0 cairn.verity={h}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Disk(DiskBoot {
+                slot: Slot::B,
+                version: OsVersion::new("1.2.0").unwrap(),
+                root_hash: "ab".repeat(32),
+            })
+        );
+        let ok = format!("cairn.mode=disk cairn.slot=a cairn.version=1 cairn.verity={h}");
+        assert!(matches!(Cmdline::parse(&ok).unwrap().mode, Mode::Disk(_)));
+    }
+
+    #[test]
+    fn disk_mode_errors_name_the_parameter() {
+        let h = "ab".repeat(32);
+        let cases = [
+            (
+                format!("cairn.slot=c cairn.version=1 cairn.verity={h}"),
+                "cairn.slot=c",
+            ),
+            (format!("cairn.slot=a cairn.verity={h}"), "cairn.version="),
+            ("cairn.slot=a cairn.version=1".to_string(), "cairn.verity="),
+            (
+                "cairn.slot=a cairn.version=1 cairn.verity=abc".to_string(),
+                "64 hex digits",
+            ),
+            (
+                format!("cairn.slot=a cairn.version=1+3 cairn.verity={h}"),
+                "cairn.version=",
+            ),
+            (format!("cairn.verity={h}"), "cairn.slot"),
+            (
+                format!("cairn.mode=pxe cairn.slot=a cairn.version=1 cairn.verity={h}"),
+                "contradicts",
+            ),
+            ("cairn.mode=disk".to_string(), "cairn.mode=disk needs"),
+        ];
+        for (line, want) in cases {
+            let e = Cmdline::parse(&line).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
     }
 
     #[test]

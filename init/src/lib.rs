@@ -4,11 +4,15 @@
 //! checks the root filesystem image against the manifest the image build
 //! recorded, mounts it read-only (erofs), puts a writable overlay on `/etc`
 //! and a tmpfs on `/var`, hands configuration and trust anchors to stage 2,
-//! and switch_roots into systemd. Any failure prints one line starting with
+//! and switch_roots into systemd. In disk mode (`cairn.slot=` on the
+//! command line, [`disk`]) the root is the slot's erofs partition under
+//! dm-verity and the state is the `state` partition (ext4, created on first
+//! boot). Any failure prints one line starting with
 //! `cairn-init: FATAL:` and reboots (or halts with `cairn.on_failure=halt`).
 
 pub mod boot;
 pub mod cmdline;
+pub mod disk;
 pub mod manifest;
 pub mod modules;
 pub mod sys;

@@ -16,6 +16,10 @@ pub struct Manifest {
     pub rootfs: RootfsRef,
     /// Modules stage 1 loads (by name), in addition to their dependencies.
     pub modules: Vec<String>,
+    /// Modules stage 1 loads on top of `modules` in disk mode (block
+    /// drivers, device-mapper, dm-verity, ext4).
+    #[serde(default)]
+    pub disk_modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@
 //!   by the slow-tier test;
 //! - [`runner`]: the test command's tiers.
 
+pub mod agent_rss;
 pub mod cluster;
 pub mod demo;
 pub mod fleet;

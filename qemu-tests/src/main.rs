@@ -23,6 +23,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure cairn-agent's peak memory while it manages 1,001 objects
+    /// against a real API server (one of the test tiers).
+    AgentRss,
     /// Run every test tier: lints, unit tests, then the slow tiers (QEMU).
     Test {
         /// Skip the QEMU tier (the run says that it was skipped and why).
@@ -36,6 +39,20 @@ fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
         Cmd::Demo { headless, out } => qemu_tests::demo::run(headless, out).map(|_| true),
         Cmd::Test { no_qemu } => qemu_tests::runner::run_all(no_qemu),
+        Cmd::AgentRss => {
+            let repo = qemu_tests::repo_root();
+            qemu_tests::prepare::guest_binaries(&repo)
+                .and_then(|b| qemu_tests::agent_rss::run(&b.agent))
+                .map(|(peak, now)| {
+                    println!(
+                        "cairn-agent managing 1,001 objects: RSS while managing them {:.1} MiB (budget {} MiB; first-render peak {:.1} MiB)",
+                        now as f64 / 1024.0,
+                        qemu_tests::agent_rss::MAX_RSS_KIB / 1024,
+                        peak as f64 / 1024.0,
+                    );
+                    now < qemu_tests::agent_rss::MAX_RSS_KIB
+                })
+        }
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,

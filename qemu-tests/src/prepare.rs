@@ -52,7 +52,14 @@ pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
         .current_dir(repo)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
-        .args(["build", "--release", "--locked", "-p", "cairn-agent"]))?;
+        .args([
+            "build",
+            "--profile",
+            "guest",
+            "--locked",
+            "-p",
+            "cairn-agent",
+        ]))?;
     // stage 1 is PID 1 in an initramfs without a libc: link it statically
     run(Command::new(&cargo)
         .current_dir(repo)
@@ -60,7 +67,8 @@ pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .args([
             "build",
-            "--release",
+            "--profile",
+            "guest",
             "--locked",
             "-p",
             "cairn-init",
@@ -68,9 +76,9 @@ pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
             "x86_64-unknown-linux-gnu",
         ]))?;
     Ok(GuestBinaries {
-        init: target.join("x86_64-unknown-linux-gnu/release/cairn-init"),
-        agent: target.join("release/cairn-agent"),
-        cairnctl: target.join("release/cairnctl"),
+        init: target.join("x86_64-unknown-linux-gnu/guest/cairn-init"),
+        agent: target.join("guest/cairn-agent"),
+        cairnctl: target.join("guest/cairnctl"),
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -18,6 +19,9 @@ use crate::applyset::{self, Entry, Inventory, ParentRef, ParentState};
 use crate::health::{self, Health};
 use crate::plan::{plan, Planned};
 use crate::{ApplyError, CONCURRENCY, FIELD_MANAGER};
+
+/// Objects per page when listing members.
+const LIST_PAGE: u32 = 250;
 
 /// Per-object opt-in to delete-and-recreate when an immutable field changes
 /// (e.g. a Job's template, a Service's clusterIP): set it to `"true"`.
@@ -332,23 +336,34 @@ impl Applier {
             return Ok(BTreeMap::new());
         };
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
-        let list = api
-            .list_metadata(&ListParams::default().labels(&self.parent.selector()))
-            .await
-            .map_err(api_err(format!("listing {gk} members of the ApplySet")))?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|o| {
+        let mut out = BTreeMap::new();
+        let mut lp = ListParams::default()
+            .labels(&self.parent.selector())
+            .limit(LIST_PAGE);
+        // pages, keeping only what drift detection needs (not managedFields):
+        // memory stays flat however large the set
+        loop {
+            let list = api
+                .list_metadata(&lp)
+                .await
+                .map_err(api_err(format!("listing {gk} members of the ApplySet")))?;
+            for o in list.items {
+                let mut m = o.metadata;
+                m.managed_fields = None;
                 let key = applyset::member_key(
                     &ar.group,
                     &ar.kind,
-                    o.metadata.namespace.as_deref(),
-                    o.metadata.name.as_deref().unwrap_or(""),
+                    m.namespace.as_deref(),
+                    m.name.as_deref().unwrap_or(""),
                 );
-                (key, o.metadata)
-            })
-            .collect())
+                out.insert(key, m);
+            }
+            match list.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp = lp.continue_token(&c),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Apply `objects` as the whole ApplySet.
@@ -412,7 +427,7 @@ impl Applier {
                 new_nss.insert(ns.clone());
             }
         }
-        let mut resolved_all: Vec<Resolved> = Vec::new();
+        let mut resolved_all: Vec<Arc<Resolved>> = Vec::new();
         let mut new_inventory = Inventory::new();
         let mut keys = BTreeSet::new();
         let mut stage_failed = false;
@@ -478,14 +493,14 @@ impl Applier {
                     continue;
                 }
                 let hash = applyset::desired_hash(&p.object);
-                todo.push(Resolved {
+                todo.push(Arc::new(Resolved {
                     p,
                     ar,
                     scope,
                     namespace,
                     key,
                     hash,
-                });
+                }));
             }
             if stage_failed {
                 break;
@@ -520,7 +535,7 @@ impl Applier {
                 }
                 resolved_all.push(r);
             }
-            let results: Vec<(Resolved, Outcome)> = stream::iter(send)
+            let results: Vec<(Arc<Resolved>, Outcome)> = stream::iter(send)
                 .map(|r| {
                     let client = self.client.clone();
                     async move {
@@ -692,7 +707,7 @@ impl Applier {
     /// `timeout` passes; unhealthy members go to the report.
     async fn wait_healthy(
         &mut self,
-        members: &[Resolved],
+        members: &[Arc<Resolved>],
         timeout: Duration,
         report: &mut Report,
     ) -> Result<(), ApplyError> {
@@ -710,49 +725,61 @@ impl Applier {
             let mut failed = Vec::new();
             for (ar, want) in by_gk.values() {
                 let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-                let list = match api
-                    .list(&ListParams::default().labels(&self.parent.selector()))
-                    .await
-                {
-                    Ok(l) => l,
-                    Err(e) => {
-                        pending.push((ar.kind.clone(), format!("cannot list: {e}")));
-                        continue;
-                    }
-                };
                 let mut seen = BTreeSet::new();
-                for o in list.items {
-                    let key = applyset::member_key(
-                        &ar.group,
-                        &ar.kind,
-                        o.metadata.namespace.as_deref(),
-                        o.metadata.name.as_deref().unwrap_or(""),
-                    );
-                    if !want.contains(&key) {
-                        continue;
-                    }
-                    seen.insert(key);
-                    let id = match &o.metadata.namespace {
-                        Some(ns) => format!(
-                            "{}/{}/{}",
-                            ar.kind,
-                            ns,
-                            o.metadata.name.clone().unwrap_or_default()
-                        ),
-                        None => format!(
-                            "{}/{}",
-                            ar.kind,
-                            o.metadata.name.clone().unwrap_or_default()
-                        ),
+                let mut lp = ListParams::default()
+                    .labels(&self.parent.selector())
+                    .limit(LIST_PAGE);
+                let mut list_failed = false;
+                'pages: loop {
+                    let page = match api.list(&lp).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            pending.push((ar.kind.clone(), format!("cannot list: {e}")));
+                            list_failed = true;
+                            break 'pages;
+                        }
                     };
-                    let mut v = serde_json::to_value(&o).unwrap_or_default();
-                    v["apiVersion"] = Value::String(ar.api_version.clone());
-                    v["kind"] = Value::String(ar.kind.clone());
-                    match health::health(&v) {
-                        Health::Current => {}
-                        Health::InProgress(why) => pending.push((id, why)),
-                        Health::Failed(why) => failed.push((id, why)),
+                    let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                    for o in page.items {
+                        let key = applyset::member_key(
+                            &ar.group,
+                            &ar.kind,
+                            o.metadata.namespace.as_deref(),
+                            o.metadata.name.as_deref().unwrap_or(""),
+                        );
+                        if !want.contains(&key) {
+                            continue;
+                        }
+                        seen.insert(key);
+                        let id = match &o.metadata.namespace {
+                            Some(ns) => format!(
+                                "{}/{}/{}",
+                                ar.kind,
+                                ns,
+                                o.metadata.name.clone().unwrap_or_default()
+                            ),
+                            None => format!(
+                                "{}/{}",
+                                ar.kind,
+                                o.metadata.name.clone().unwrap_or_default()
+                            ),
+                        };
+                        let mut v = serde_json::to_value(&o).unwrap_or_default();
+                        v["apiVersion"] = Value::String(ar.api_version.clone());
+                        v["kind"] = Value::String(ar.kind.clone());
+                        match health::health(&v) {
+                            Health::Current => {}
+                            Health::InProgress(why) => pending.push((id, why)),
+                            Health::Failed(why) => failed.push((id, why)),
+                        }
                     }
+                    match next {
+                        Some(c) => lp = lp.continue_token(&c),
+                        None => break 'pages,
+                    }
+                }
+                if list_failed {
+                    continue;
                 }
                 for missing in want.difference(&seen) {
                     pending.push((missing.clone(), "not found".into()));
@@ -806,11 +833,15 @@ async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Out
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = force;
     params.dry_run = dry;
-    let err = match api
-        .patch(&r.p.name, &params, &Patch::Apply(&r.p.object))
-        .await
-    {
-        Ok(o) => return applied(o, false, false),
+    let first = if dry {
+        api.patch(&r.p.name, &params, &Patch::Apply(&r.p.object))
+            .await
+            .map(|o| applied(o, false, false))
+    } else {
+        patch_metadata_only(client, r, &params).await
+    };
+    let err = match first {
+        Ok(o) => return o,
         Err(e) => e,
     };
     match err {
@@ -888,6 +919,36 @@ async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Out
     }
 }
 
+/// Server-side apply asking for only the object's metadata back
+/// (`as=PartialObjectMetadata`): all the engine needs is resourceVersion and
+/// generation, and the API server then encodes — and we decode — a fraction
+/// of each object.
+async fn patch_metadata_only(
+    client: &Client,
+    r: &Resolved,
+    params: &PatchParams,
+) -> Result<Outcome, kube::Error> {
+    use kube::Resource;
+    let url = DynamicObject::url_path(&r.ar, r.namespace.as_deref());
+    let mut req = kube::core::Request::new(url)
+        .patch(&r.p.name, params, &Patch::Apply(&r.p.object))
+        .map_err(kube::Error::BuildRequest)?;
+    req.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+        ),
+    );
+    let meta: kube::core::PartialObjectMeta<DynamicObject> = client.request(req).await?;
+    Ok(Outcome::Applied {
+        rv: meta.metadata.resource_version.clone().unwrap_or_default(),
+        generation: meta.metadata.generation,
+        drift: false,
+        recreated: false,
+        result: Value::Null,
+    })
+}
+
 async fn recreate_delete(api: &Api<DynamicObject>, name: &str) -> Result<(), kube::Error> {
     // Background: the object goes at once, the garbage collector removes
     // its dependents (Foreground would wait on the collector with the name taken)
@@ -919,8 +980,8 @@ async fn recreate_delete(api: &Api<DynamicObject>, name: &str) -> Result<(), kub
 
 /// After stage 0: every CRD of the set must be Established before its
 /// kinds are applied.
-async fn wait_crds_established(client: &Client, resolved: &[Resolved], report: &mut Report) {
-    let crds: Vec<&Resolved> = resolved
+async fn wait_crds_established(client: &Client, resolved: &[Arc<Resolved>], report: &mut Report) {
+    let crds: Vec<&Arc<Resolved>> = resolved
         .iter()
         .filter(|r| {
             r.p.gvk.group == "apiextensions.k8s.io" && r.p.gvk.kind == "CustomResourceDefinition"

@@ -214,6 +214,23 @@ impl ControlPlane {
         }
     }
 
+    /// CPU seconds (user + system) etcd and kube-apiserver have used so far
+    /// (to tell server-side cost from client-side cost in benchmarks).
+    pub fn server_cpu_seconds(&self) -> f64 {
+        let ticks = |c: &Option<Child>| -> f64 {
+            let Some(c) = c else { return 0.0 };
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+            // fields after the parenthesised comm: utime is the 12th, stime the 13th
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            n(11) + n(12)
+        };
+        // USER_HZ is 100 on Linux
+        (ticks(&self.etcd) + ticks(&self.apiserver)) / 100.0
+    }
+
     /// A kube client for the admin identity.
     pub async fn client(&self) -> Result<kube::Client> {
         client_for(&self.kubeconfig).await
@@ -253,4 +270,35 @@ impl Drop for ControlPlane {
             let _ = c.wait();
         }
     }
+}
+
+/// The benchmark set: a Namespace, a shared ConfigMap, and per app a
+/// ConfigMap, a Service and a Deployment (that passes cairn's baked
+/// policies): `3 * apps + 2` objects.
+pub fn sample_objects(namespace: &str, apps: usize) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let ns = namespace;
+    let mut v = vec![json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":ns}})];
+    v.push(json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"shared","namespace":ns},"data":{"k":"v"}}));
+    for i in 0..apps {
+        let app = format!("app{i}");
+        v.push(json!({"apiVersion":"v1","kind":"ConfigMap",
+            "metadata":{"name":format!("{app}-config"),"namespace":ns},
+            "data":{"index":i.to_string(),"greeting":format!("hello from {app}")}}));
+        v.push(json!({"apiVersion":"v1","kind":"Service",
+            "metadata":{"name":app,"namespace":ns},
+            "spec":{"selector":{"app":app},"ports":[{"name":"http","port":80,"targetPort":8080,"protocol":"TCP"}]}}));
+        v.push(json!({"apiVersion":"apps/v1","kind":"Deployment",
+            "metadata":{"name":app,"namespace":ns,"labels":{"app":app}},
+            "spec":{"replicas":1,"selector":{"matchLabels":{"app":app}},
+              "template":{"metadata":{"labels":{"app":app}},
+                "spec":{"containers":[{"name":"web","image":"registry.local/web:1.0",
+                  "ports":[{"containerPort":8080,"protocol":"TCP"}],
+                  "resources":{"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"cpu":"100m","memory":"64Mi"}},
+                  "securityContext":{"runAsNonRoot":true,"runAsUser":1000,"allowPrivilegeEscalation":false,
+                    "readOnlyRootFilesystem":true,"capabilities":{"drop":["ALL"]}},
+                  "volumeMounts":[{"name":"config","mountPath":"/etc/app"}]}],
+                  "volumes":[{"name":"config","configMap":{"name":format!("{app}-config")}}]}}}}));
+    }
+    v
 }

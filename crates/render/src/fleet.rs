@@ -73,7 +73,8 @@ pub struct ApplyPolicy {
     /// Take over fields another field manager owns instead of refusing. Default false.
     #[serde(default)]
     pub force: bool,
-    /// How long objects may take to become healthy after an apply ("5m", "90s").
+    /// How long objects may take to become healthy after a new commit is
+    /// applied ("5m", "90s"); "0s" does not wait.
     #[serde(default = "five_minutes")]
     pub health_timeout: String,
 }
