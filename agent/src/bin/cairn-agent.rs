@@ -31,14 +31,17 @@ fn init_logging() {
 }
 
 /// glibc's allocator keeps one arena per thread that allocates and rarely
-/// gives freed pages back: with two arenas and a trim after every pass, the
+/// gives freed pages back: with one arena and a trim after every pass, the
 /// agent's resident set follows what it holds (the rendered set and the
 /// inventory), not the peak of a render.
 fn limit_arenas() {
     // SAFETY: mallopt only sets an allocator parameter; called before any
     // other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        // large, short-lived buffers (HTTP bodies, list pages) go to mmap
+        // and back to the system on free, instead of growing the heap
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
 

@@ -348,8 +348,16 @@ impl Applier {
                 .await
                 .map_err(api_err(format!("listing {gk} members of the ApplySet")))?;
             for o in list.items {
-                let mut m = o.metadata;
-                m.managed_fields = None;
+                // keep only what drift detection and prune read
+                let m = ObjectMeta {
+                    name: o.metadata.name,
+                    namespace: o.metadata.namespace,
+                    resource_version: o.metadata.resource_version,
+                    generation: o.metadata.generation,
+                    labels: o.metadata.labels,
+                    annotations: o.metadata.annotations,
+                    ..Default::default()
+                };
                 let key = applyset::member_key(
                     &ar.group,
                     &ar.kind,
@@ -369,43 +377,33 @@ impl Applier {
     /// Apply `objects` as the whole ApplySet.
     pub async fn apply(&mut self, objects: &[Value], opts: &Options) -> Result<Report, ApplyError> {
         let dry = opts.dry_run || opts.diff;
-        let mut planned = plan(objects)?;
+        let planned = plan(objects)?;
         if planned.is_empty() && !opts.allow_empty {
             return Err(ApplyError::EmptySet);
         }
         let id = self.parent.id();
-        for (index, p) in planned.iter_mut().enumerate() {
-            let pid = p.id();
-            let meta = p
-                .object
-                .get_mut("metadata")
-                .and_then(Value::as_object_mut)
-                .ok_or_else(|| ApplyError::InvalidObject {
-                    index,
-                    what: pid.clone(),
-                    reason: "metadata is not a mapping".into(),
-                })?;
-            let labels = meta
-                .entry("labels")
-                .or_insert_with(|| Value::Object(Default::default()));
-            let Some(labels) = labels.as_object_mut() else {
-                return Err(ApplyError::InvalidObject {
-                    index,
-                    what: pid,
-                    reason: "metadata.labels is not a mapping".into(),
-                });
+        for p in &planned {
+            let index = p.index;
+            let invalid = |reason: String| ApplyError::InvalidObject {
+                index,
+                what: p.id(),
+                reason,
             };
-            if labels.contains_key(applyset::LABEL_PART_OF) {
-                return Err(ApplyError::InvalidObject {
-                    index,
-                    what: pid,
-                    reason: format!(
+            let meta = objects[index]
+                .get("metadata")
+                .and_then(Value::as_object)
+                .ok_or_else(|| invalid("metadata is not a mapping".into()))?;
+            match meta.get("labels") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(l)) if l.contains_key(applyset::LABEL_PART_OF) => {
+                    return Err(invalid(format!(
                         "carries the label {}; remove it, cairn sets ApplySet membership itself",
                         applyset::LABEL_PART_OF
-                    ),
-                });
+                    )))
+                }
+                Some(Value::Object(_)) => {}
+                Some(_) => return Err(invalid("metadata.labels is not a mapping".into())),
             }
-            labels.insert(applyset::LABEL_PART_OF.into(), Value::String(id.clone()));
         }
         let old = self.read_parent().await?;
         let mut report = Report {
@@ -478,12 +476,6 @@ impl Applier {
                     }
                     Scope::Cluster => None,
                 };
-                let mut p = p;
-                if scope == Scope::Cluster {
-                    if let Some(m) = p.object.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("namespace");
-                    }
-                }
                 let key = applyset::member_key(&ar.group, &ar.kind, namespace.as_deref(), &p.name);
                 if !keys.insert(key.clone()) {
                     report
@@ -492,7 +484,7 @@ impl Applier {
                     stage_failed = true;
                     continue;
                 }
-                let hash = applyset::desired_hash(&p.object);
+                let hash = applyset::desired_hash(&objects[p.index]);
                 todo.push(Arc::new(Resolved {
                     p,
                     ar,
@@ -521,7 +513,7 @@ impl Applier {
                 let skip = !opts.diff
                     && match (live, cached) {
                         (Some(live), Some(entry)) => {
-                            entry.h == r.hash && !drifted(live, entry, &r.p.object)
+                            entry.h == r.hash && !drifted(live, entry, &objects[r.p.index])
                         }
                         _ => false,
                     };
@@ -538,8 +530,11 @@ impl Applier {
             let results: Vec<(Arc<Resolved>, Outcome)> = stream::iter(send)
                 .map(|r| {
                     let client = self.client.clone();
+                    let id = &id;
                     async move {
-                        let out = apply_one(&client, &r, opts.force, dry).await;
+                        // the labelled copy exists only while its request is in flight
+                        let desired = desired_object(&objects[r.p.index], &r, id);
+                        let out = apply_one(&client, &r, &desired, opts.force, dry).await;
                         (r, out)
                     }
                 })
@@ -825,20 +820,50 @@ fn applied(obj: DynamicObject, drift: bool, recreated: bool) -> Outcome {
     }
 }
 
+/// The object as sent: the ApplySet's part-of label added, and no
+/// namespace on cluster-scoped kinds.
+fn desired_object(obj: &Value, r: &Resolved, id: &str) -> Value {
+    let mut v = obj.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        if r.scope == Scope::Cluster {
+            meta.remove("namespace");
+        }
+        let labels = meta
+            .entry("labels")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !labels.is_object() {
+            *labels = Value::Object(Default::default());
+        }
+        if let Some(l) = labels.as_object_mut() {
+            l.insert(
+                applyset::LABEL_PART_OF.into(),
+                Value::String(id.to_string()),
+            );
+        }
+    }
+    v
+}
+
 /// Apply one object: conflicts with imperative edits are drift (taken
 /// back), with other declarative managers a refusal unless `force`;
 /// immutable-field errors recreate only with [`RECREATE_ANNOTATION`].
-async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Outcome {
+async fn apply_one(
+    client: &Client,
+    r: &Resolved,
+    desired: &Value,
+    force: bool,
+    dry: bool,
+) -> Outcome {
     let api = r.api(client);
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = force;
     params.dry_run = dry;
     let first = if dry {
-        api.patch(&r.p.name, &params, &Patch::Apply(&r.p.object))
+        api.patch(&r.p.name, &params, &Patch::Apply(desired))
             .await
             .map(|o| applied(o, false, false))
     } else {
-        patch_metadata_only(client, r, &params).await
+        patch_metadata_only(client, r, desired, &params).await
     };
     let err = match first {
         Ok(o) => return o,
@@ -876,21 +901,17 @@ async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Out
             }
             // imperative edits (kubectl edit/patch/scale): drift, take it back
             params.force = true;
-            match api
-                .patch(&r.p.name, &params, &Patch::Apply(&r.p.object))
-                .await
-            {
+            match api.patch(&r.p.name, &params, &Patch::Apply(desired)).await {
                 Ok(o) => applied(o, true, false),
                 Err(e) => Outcome::Failed(format!("correcting drift by {managers:?}: {e}")),
             }
         }
         kube::Error::Api(s) if is_immutable_error(&s) => {
-            let opted_in =
-                r.p.object
-                    .pointer("/metadata/annotations")
-                    .and_then(|a| a.get(RECREATE_ANNOTATION))
-                    .and_then(Value::as_str)
-                    == Some("true");
+            let opted_in = desired
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(RECREATE_ANNOTATION))
+                .and_then(Value::as_str)
+                == Some("true");
             if !opted_in {
                 return Outcome::Failed(format!(
                     "an immutable field changed: {}; to allow cairn to delete and recreate this object, \
@@ -907,10 +928,7 @@ async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Out
             if let Err(e) = recreate_delete(&api, &r.p.name).await {
                 return Outcome::Failed(format!("recreate: deleting: {e}"));
             }
-            match api
-                .patch(&r.p.name, &params, &Patch::Apply(&r.p.object))
-                .await
-            {
+            match api.patch(&r.p.name, &params, &Patch::Apply(desired)).await {
                 Ok(o) => applied(o, false, true),
                 Err(e) => Outcome::Failed(format!("recreate: creating again: {e}")),
             }
@@ -926,12 +944,13 @@ async fn apply_one(client: &Client, r: &Resolved, force: bool, dry: bool) -> Out
 async fn patch_metadata_only(
     client: &Client,
     r: &Resolved,
+    desired: &Value,
     params: &PatchParams,
 ) -> Result<Outcome, kube::Error> {
     use kube::Resource;
     let url = DynamicObject::url_path(&r.ar, r.namespace.as_deref());
     let mut req = kube::core::Request::new(url)
-        .patch(&r.p.name, params, &Patch::Apply(&r.p.object))
+        .patch(&r.p.name, params, &Patch::Apply(desired))
         .map_err(kube::Error::BuildRequest)?;
     req.headers_mut().insert(
         http::header::ACCEPT,

@@ -12,7 +12,8 @@ pub struct Planned {
     pub name: String,
     pub namespace: Option<String>,
     pub stage: u8,
-    pub object: Value,
+    /// Position of the object in the input slice (objects are not copied).
+    pub index: usize,
 }
 
 impl Planned {
@@ -102,7 +103,7 @@ pub fn plan(objects: &[Value]) -> Result<Vec<Planned>, ApplyError> {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             stage: stage_of(group, kind),
-            object: o.clone(),
+            index,
         });
     }
     // stable: keeps render order within a stage
