@@ -28,6 +28,17 @@ pub fn node_patch(node: &str, m: &cairn_render::NodeMetadata) -> Value {
 /// Apply `patch` to Node `node`. The Node must exist (the kubelet registers it).
 pub async fn apply(client: &Client, node: &str, patch: &Value) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(client.clone());
+    // server-side apply creates what does not exist: a Node created here
+    // instead of by the kubelet's registration never gets its capacity
+    match nodes.get_metadata_opt(node).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(format!(
+                "Node {node} is not registered yet (the kubelet creates it); will retry"
+            ))
+        }
+        Err(e) => return Err(format!("reading Node {node}: {e}")),
+    }
     match nodes
         .patch(
             node,

@@ -65,6 +65,28 @@ fn write_fleet(dir: &Path, hostname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Build the guest binaries, measure, print the numbers against the
+/// target and the asserted bound; true when within the bound.
+pub fn measure_and_report() -> Result<bool> {
+    let bins = crate::prepare::guest_binaries(&crate::repo_root())?;
+    let (peak, now) = run(&bins.agent)?;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "cairn-agent managing 1,001 objects: RSS while managing them {:.1} MiB \
+         (issue target {:.0} MiB: {}; asserted < {:.0} MiB; first-render peak {:.1} MiB)",
+        mib(now),
+        mib(TARGET_RSS_KIB),
+        if now < TARGET_RSS_KIB {
+            "met"
+        } else {
+            "NOT MET"
+        },
+        mib(MAX_RSS_KIB),
+        mib(peak),
+    );
+    Ok(now < MAX_RSS_KIB)
+}
+
 /// Run the measurement; returns (VmHWM KiB, highest VmRSS KiB while managing the converged set).
 pub fn run(agent_bin: &Path) -> Result<(u64, u64)> {
     let repo = crate::repo_root();

@@ -39,22 +39,7 @@ fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
         Cmd::Demo { headless, out } => qemu_tests::demo::run(headless, out).map(|_| true),
         Cmd::Test { no_qemu } => qemu_tests::runner::run_all(no_qemu),
-        Cmd::AgentRss => {
-            let repo = qemu_tests::repo_root();
-            qemu_tests::prepare::guest_binaries(&repo)
-                .and_then(|b| qemu_tests::agent_rss::run(&b.agent))
-                .map(|(peak, now)| {
-                    println!(
-                        "cairn-agent managing 1,001 objects: RSS while managing them {:.1} MiB (issue target {} MiB: {}; asserted < {} MiB; first-render peak {:.1} MiB)",
-                        now as f64 / 1024.0,
-                        qemu_tests::agent_rss::TARGET_RSS_KIB / 1024,
-                        if now < qemu_tests::agent_rss::TARGET_RSS_KIB { "met" } else { "NOT MET" },
-                        qemu_tests::agent_rss::MAX_RSS_KIB / 1024,
-                        peak as f64 / 1024.0,
-                    );
-                    now < qemu_tests::agent_rss::MAX_RSS_KIB
-                })
-        }
+        Cmd::AgentRss => qemu_tests::agent_rss::measure_and_report(),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
