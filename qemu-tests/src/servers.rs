@@ -4,6 +4,7 @@
 //! stop when dropped.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -102,6 +103,8 @@ impl GitDaemon {
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
+            // `git daemon` forks `git-daemon`: kill the whole group on drop
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
@@ -118,7 +121,8 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -150,5 +154,24 @@ mod tests {
         assert!(ok.ends_with("#!ipxe\n"));
         assert!(get(srv.port, "/../etc/passwd").contains(" 404"));
         assert!(get(srv.port, "/missing").contains(" 404"));
+    }
+}
+#[cfg(test)]
+mod daemon_tests {
+    use super::*;
+
+    #[test]
+    fn git_daemon_and_its_children_stop_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = GitDaemon::start(dir.path(), &dir.path().join("log")).unwrap();
+        let port = d.port;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(d);
+        // the forked git-daemon held the socket: it must be gone too
+        let closed = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+        assert!(closed, "port {port} still accepts connections after drop");
     }
 }
