@@ -593,6 +593,35 @@ pub fn build_esp(esp: &Path, mib: u64, uki: &Path, uki_name: &str) -> Result<()>
 
 /// Build `disk.raw` (and `rootfs.verity`, `verity.json`, slot A's UKI)
 /// in `inp.out`. Runs unprivileged.
+/// [`build_disk`] from a `cairn-image build` output directory (`vmlinuz`,
+/// `initramfs.cpio.gz`, `rootfs.erofs`) into `out`; when `out` is another
+/// directory, the rootfs is linked (or copied) there too, so one version's
+/// update artifacts travel together.
+pub fn build_disk_from_image_dir(
+    version: &OsVersion,
+    built_dir: &Path,
+    sizes: DiskSizes,
+    out: &Path,
+) -> Result<DiskBuilt> {
+    let rootfs = built_dir.join("rootfs.erofs");
+    let disk = build_disk(&DiskInputs {
+        version,
+        kernel: &built_dir.join("vmlinuz"),
+        initramfs: &built_dir.join("initramfs.cpio.gz"),
+        rootfs: &rootfs,
+        sizes,
+        out,
+    })?;
+    if built_dir != out {
+        let dst = out.join("rootfs.erofs");
+        let _ = std::fs::remove_file(&dst);
+        std::fs::hard_link(&rootfs, &dst)
+            .or_else(|_| std::fs::copy(&rootfs, &dst).map(|_| ()))
+            .map_err(io(&dst))?;
+    }
+    Ok(disk)
+}
+
 pub fn build_disk(inp: &DiskInputs) -> Result<DiskBuilt> {
     inp.sizes.check()?;
     for (t, _) in HOST_TOOLS {

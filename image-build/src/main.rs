@@ -159,31 +159,15 @@ fn main() -> anyhow::Result<()> {
                     out.clone()
                 }
             };
-            let rootfs = built_dir.join("rootfs.erofs");
-            let disk = cairn_image::disk::build_disk(&cairn_image::disk::DiskInputs {
-                version: &os_version,
-                kernel: &built_dir.join("vmlinuz"),
-                initramfs: &built_dir.join("initramfs.cpio.gz"),
-                rootfs: &rootfs,
-                sizes: cairn_image::disk::DiskSizes {
-                    esp_mib,
-                    root_mib,
-                    verity_mib,
-                    state_mib,
-                },
-                out: &out,
-            })
-            .context("disk build failed")?;
-            if built_dir != out {
-                // The update artifacts travel together: link (or copy) the rootfs beside its hash tree.
-                let dst = out.join("rootfs.erofs");
-                let _ = std::fs::remove_file(&dst);
-                std::fs::hard_link(&rootfs, &dst)
-                    .or_else(|_| std::fs::copy(&rootfs, &dst).map(|_| ()))
-                    .with_context(|| {
-                        format!("copying {} to {}", rootfs.display(), dst.display())
-                    })?;
-            }
+            let sizes = cairn_image::disk::DiskSizes {
+                esp_mib,
+                root_mib,
+                verity_mib,
+                state_mib,
+            };
+            let disk =
+                cairn_image::disk::build_disk_from_image_dir(&os_version, &built_dir, sizes, &out)
+                    .context("disk build failed")?;
             println!("{}", serde_json::to_string_pretty(&disk)?);
         }
         Cmd::Pki { out, node, sans } => {

@@ -461,11 +461,10 @@ mod dm {
         what: &str,
         name: &str,
     ) -> Result<(), InitError> {
-        // SAFETY: every request used here is _IOWR on a struct dm_ioctl;
-        // `buf` starts with one whose data_size equals buf.len() (the
-        // kernel reads and writes at most that many bytes, with
-        // copy_from_user/copy_to_user, so alignment does not matter), and
-        // it is exclusively borrowed for the duration of the call.
+        // Every request used here is _IOWR on a struct dm_ioctl; the kernel
+        // reads and writes at most data_size bytes with copy_from_user /
+        // copy_to_user, so alignment does not matter.
+        // SAFETY: `buf` starts with a dm_ioctl whose data_size equals buf.len(), and it is exclusively borrowed for the call.
         let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), req, buf.as_mut_ptr()) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
