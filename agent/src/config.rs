@@ -23,6 +23,27 @@ pub struct AgentConfig {
     /// The image's policy set (the floor; the repo's `.cairn/policies` may only tighten it).
     #[serde(default = "default_policies")]
     pub policies: PathBuf,
+    /// The TUF repository OS images come from. Without it a disk-booted
+    /// node reports that it cannot update and keeps its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateSettings>,
+}
+
+/// Where OS updates come from (`update:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateSettings {
+    /// Base URL of the TUF metadata (`…/metadata`).
+    pub metadata_url: String,
+    /// Base URL of the TUF targets (`…/targets`).
+    pub targets_url: String,
+    /// The TUF root shipped in the image (stage 1 puts it in /run/cairn/trust).
+    #[serde(default = "default_tuf_root")]
+    pub trusted_root: PathBuf,
+}
+
+fn default_tuf_root() -> PathBuf {
+    PathBuf::from("/run/cairn/trust/tuf-root.json")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod drift;
 pub mod identity;
 pub mod node;
+pub mod os;
 pub mod status;
 
 use std::path::Path;
@@ -112,6 +113,10 @@ pub struct Agent {
     drift: Arc<tokio::sync::Notify>,
     watch: drift::Watch,
     node_applied: Option<String>,
+    /// The commit this process last applied (or, on a standby node,
+    /// verified while another node applied) with a healthy result.
+    current_ok: Option<CommitId>,
+    os: os::OsUpdate,
 }
 
 /// What one verified commit renders for this node.
@@ -122,6 +127,8 @@ struct RenderedCommit {
     objects: Vec<Value>,
     node: cairn_render::NodeMetadata,
     policy: cairn_render::ApplyPolicy,
+    os_version: String,
+    update: cairn_render::UpdatePolicy,
 }
 
 impl Agent {
@@ -141,6 +148,13 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| identity::read(Path::new("/")).hostname);
         let drift = Arc::new(tokio::sync::Notify::new());
+        let tuf = cfg.update.as_ref().map(|u| os::images::TufSettings {
+            metadata_url: u.metadata_url.clone(),
+            targets_url: u.targets_url.clone(),
+            trusted_root: u.trusted_root.clone(),
+            metadata_dir: os::images::metadata_dir(&cfg.state_dir),
+        });
+        let os = os::OsUpdate::new(tuf, &cfg.state_dir);
         Ok(Agent {
             cfg,
             source: Some(source),
@@ -152,6 +166,8 @@ impl Agent {
             applier: None,
             drift,
             node_applied: None,
+            current_ok: None,
+            os,
         })
     }
 
@@ -235,10 +251,11 @@ impl Agent {
         match lock.try_acquire(&self.client).await {
             Ok(LeaseState::Held) => {}
             Ok(LeaseState::HeldBy(holder)) => {
+                self.current_ok = Some(id);
                 return Outcome::Standby {
                     commit: id.to_string(),
                     holder,
-                }
+                };
             }
             Err(e) => {
                 return Outcome::Failed {
@@ -303,6 +320,7 @@ impl Agent {
                 };
             }
         }
+        self.current_ok = Some(id);
         let changed = report.applied.len() + report.recreated.len();
         if !first_time && changed == 0 && report.pruned.is_empty() {
             return Outcome::Unchanged {
@@ -316,6 +334,24 @@ impl Agent {
             changed,
             pruned: report.pruned.len(),
         }
+    }
+
+    /// The OS update step after a pass (see [`os`]).
+    async fn os_step(&mut self) {
+        let r = self.rendered.clone();
+        let current_ok = match (&r, self.current_ok) {
+            (Some(r), Some(ok)) => r.commit == ok,
+            _ => false,
+        };
+        let ctx = os::Ctx {
+            client: &self.client,
+            node: &self.node_name,
+            cluster: r.as_ref().map(|r| r.cluster.as_str()),
+            desired: r.as_ref().map(|r| r.os_version.as_str()),
+            policy: r.as_ref().map(|r| &r.update),
+            current_ok,
+        };
+        self.os.step(&ctx).await;
     }
 
     async fn render(
@@ -353,6 +389,8 @@ impl Agent {
                 objects: rendered.objects,
                 node: plan.node_metadata.clone(),
                 policy: fleet.settings().apply.clone(),
+                os_version: fleet.settings().os.version.clone(),
+                update: fleet.settings().update.clone(),
             })
         })
         .await
@@ -408,6 +446,7 @@ impl Agent {
                     }
                 }
             }
+            self.os_step().await;
             after_pass();
             let drift = self.drift.clone();
             tokio::select! {

@@ -77,7 +77,19 @@ fn event_for(o: &Outcome) -> Option<(&'static str, &'static str, String)> {
 
 /// Annotate the node and post an Event for `o`.
 pub async fn report(client: &Client, node: &str, o: &Outcome) -> Result<(), kube::Error> {
-    let ann = annotations_for(o);
+    annotate(client, node, &annotations_for(o)).await?;
+    if let Some((type_, reason, message)) = event_for(o) {
+        event(client, node, type_, reason, &message).await?;
+    }
+    Ok(())
+}
+
+/// Merge `ann` (a map; `null` removes a key) into the Node's annotations.
+pub async fn annotate(
+    client: &Client,
+    node: &str,
+    ann: &serde_json::Value,
+) -> Result<(), kube::Error> {
     if ann.as_object().is_some_and(|m| !m.is_empty()) {
         let nodes: Api<Node> = Api::all(client.clone());
         nodes
@@ -88,34 +100,43 @@ pub async fn report(client: &Client, node: &str, o: &Outcome) -> Result<(), kube
             )
             .await?;
     }
-    if let Some((type_, reason, message)) = event_for(o) {
-        let events: Api<Event> = Api::namespaced(client.clone(), "default");
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let ev = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{node}.cairn.")),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.into()),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.chars().take(1000).collect()),
-            type_: Some(type_.into()),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some("cairn-agent".into()),
-                host: Some(node.into()),
-            }),
+    Ok(())
+}
+
+/// Post a core/v1 Event about the Node.
+pub async fn event(
+    client: &Client,
+    node: &str,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let ev = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{node}.cairn.")),
             ..Default::default()
-        };
-        events.create(&PostParams::default(), &ev).await?;
-    }
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.into()),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.chars().take(1000).collect()),
+        type_: Some(type_.into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("cairn-agent".into()),
+            host: Some(node.into()),
+        }),
+        ..Default::default()
+    };
+    events.create(&PostParams::default(), &ev).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@
 //! | 3 | `verity-a` | root-verity x86-64 `2C7357ED-…-23D437EC2BF5` | `rootfs.verity`                     | 16 MiB       |
 //! | 4 | `root-b`   | root x86-64                                | empty                                 | = root-a     |
 //! | 5 | `verity-b` | root-verity x86-64                         | empty                                 | = verity-a   |
-//! | 6 | `state`    | linux generic `4D21B016-…-5C16E091FD2D`    | blank: stage 1 makes ext4 on first boot | 2048 MiB   |
+//! | 6 | `state`    | linux generic `4D21B016-…-5C16E091FD2D`    | blank, or seeded (`--config`, below)  | 2048 MiB     |
 //!
 //! The default root size leaves more than 2× headroom over today's ~430 MB
 //! erofs; 16 MiB of verity covers a hash tree for up to ~2 GiB of data
@@ -27,6 +27,23 @@
 //! and no `default` line (cairn's update plan adds and removes that line, see
 //! `cairn_slots::entry`), and slot A's UKI, already blessed:
 //! `EFI/Linux/cairn-a-<version>.efi`.
+//!
+//! # STATE: blank or seeded ([`build_state_image`])
+//!
+//! Without a configuration tree STATE is left zeroed and `cairn-init`
+//! formats it (ext4, label `cairn-state`) on first boot; the node then needs
+//! its configuration from somewhere else. With one (`--config DIR`, the
+//! same tree `config-initrd --tree` packs for PXE: `DIR/etc/cairn/agent.yaml`,
+//! `DIR/etc/kubernetes/…`) STATE is written as the filesystem a first boot
+//! would have left, so the disk boots configured: ext4 labelled
+//! `cairn-state` (features pinned to what stage 1's own `mke2fs` makes,
+//! [`STATE_MKE2FS_CONF`]), `etc-upper/` holding `DIR/etc`'s contents with
+//! their modes (private keys stay 0600), empty `etc-work/` and `var/`, every
+//! inode owned by root. Stage 1 accepts any ext4 there (it checks the
+//! superblock magic, not the label) and mounts it instead of formatting.
+//! It is built unprivileged (`mke2fs -d` on a file, then `debugfs` for the
+//! owners) and copied into the partition; `disk.raw` is then mode 0600, as
+//! it holds the node's keys.
 //!
 //! # The UKI ([`build_uki`])
 //!
@@ -51,8 +68,12 @@
 //! # The kernel command line
 //!
 //! `console=ttyS0,115200 mitigations=off panic=10 systemd.show_status=1
-//! cairn.slot=<a|b> cairn.version=<version> cairn.verity=<root hash>`
+//! systemd.gpt_auto=0 cairn.slot=<a|b> cairn.version=<version>
+//! cairn.verity=<root hash>`
 //!
+//! - `systemd.gpt_auto=0`: systemd's partition auto-discovery would mount
+//!   the ESP on a `/boot` the read-only root does not have, and try to
+//!   remount the erofs root read-write (see [`uki_cmdline`]);
 //! - `cairn.slot=` selects disk mode in `cairn-init` and names the slot whose
 //!   `root-<slot>`/`verity-<slot>` partitions are mounted;
 //! - `cairn.version=` is what the agent reads back as the running version;
@@ -72,9 +93,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cairn_init::disk::{STATE_LABEL, STATE_SUBDIRS};
 use cairn_slots::entry::EntryName;
 use cairn_slots::layout::{DiskLayout, GptSource};
 use cairn_slots::{OsVersion, Slot};
@@ -112,10 +135,14 @@ pub const HOST_TOOLS: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
 ];
 
+/// The host tools a STATE seeded from `--config` also needs ([`build_state_image`]).
+pub const STATE_TOOLS: &[(&str, &str)] = &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")];
+
 /// Check that `tool` can be started; the error names its apt package.
 pub fn require_tool(tool: &str) -> Result<()> {
     let package = HOST_TOOLS
         .iter()
+        .chain(STATE_TOOLS)
         .find(|(t, _)| *t == tool)
         .map(|(_, p)| *p)
         .unwrap_or("?");
@@ -284,6 +311,19 @@ pub fn uki_cmdline(slot: Slot, version: &OsVersion, root_hash: &str) -> String {
         .iter()
         .map(|a| a.to_string())
         .collect();
+    // systemd's GPT auto-discovery must stay off on cairn's disk. Booted
+    // from a UKI by systemd-boot (which sets LoaderDevicePartUUID), it
+    // recognises the disk under `/` as a Discoverable Partitions disk and
+    // (1) mounts its ESP through `boot.automount` on `/boot` — a directory
+    // the image does not have and cannot create on its read-only root, so
+    // the automount fails ("Failed to check directory /boot"); the ESP is
+    // the agent's to mount when it installs a UKI, not a standing mount;
+    // (2) finds root-a without the GPT read-only flag and tells
+    // systemd-remount-fs to remount `/` read-write (a
+    // SYSTEMD_REMOUNT_ROOT_RW=1 drop-in), which `mount` refuses on erofs
+    // over dm-verity (exit 32) and fails the unit. stage 1 has already
+    // found and mounted everything, so nothing is lost by turning it off.
+    args.push("systemd.gpt_auto=0".into());
     args.push(format!("cairn.slot={}", slot.as_str()));
     args.push(format!("cairn.version={}", version.as_str()));
     args.push(format!("cairn.verity={root_hash}"));
@@ -362,6 +402,20 @@ pub fn build_uki(
     initramfs: &Path,
     out: &Path,
 ) -> Result<()> {
+    build_uki_with_args(slot, version, root_hash, &[], kernel, initramfs, out)
+}
+
+/// [`build_uki`] with `extra` kernel arguments after cairn's own (e.g.
+/// `systemd.mask=…` or debugging switches for a test image).
+pub fn build_uki_with_args(
+    slot: Slot,
+    version: &OsVersion,
+    root_hash: &str,
+    extra: &[String],
+    kernel: &Path,
+    initramfs: &Path,
+    out: &Path,
+) -> Result<()> {
     require_file(EFI_STUB, "systemd-boot-efi")?;
     require_tool("objcopy")?;
     if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -378,7 +432,12 @@ pub fn build_uki(
     let osrel = tmp.join("osrel");
     std::fs::write(&osrel, crate::rootfs::os_release(version.as_str())).map_err(io(&osrel))?;
     let cmdline = tmp.join("cmdline");
-    std::fs::write(&cmdline, uki_cmdline(slot, version, root_hash)).map_err(io(&cmdline))?;
+    let mut line = uki_cmdline(slot, version, root_hash);
+    for a in extra {
+        line.push(' ');
+        line.push_str(a);
+    }
+    std::fs::write(&cmdline, line).map_err(io(&cmdline))?;
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io(p));
     let files: [(&str, &Path); 4] = [
         (".osrel", &osrel),
@@ -502,6 +561,10 @@ pub struct DiskInputs<'a> {
     pub sizes: DiskSizes,
     /// Output directory: `disk.raw`, `rootfs.verity`, `verity.json`, the UKI.
     pub out: &'a Path,
+    /// A node configuration tree (`DIR/etc/cairn/agent.yaml`, …) to seed
+    /// the STATE partition with ([`build_state_image`]); `None` leaves
+    /// STATE blank for stage 1 to format.
+    pub config: Option<&'a Path>,
 }
 
 /// What [`build_disk`] produced.
@@ -513,6 +576,8 @@ pub struct DiskBuilt {
     pub uki: PathBuf,
     pub uki_name: String,
     pub sizes: DiskSizes,
+    /// The configuration tree STATE was seeded from (`None`: STATE is blank).
+    pub config: Option<PathBuf>,
 }
 
 /// Copy `src` to `dst` at byte `offset`, skipping all-zero 1 MiB chunks so
@@ -591,8 +656,187 @@ pub fn build_esp(esp: &Path, mib: u64, uki: &Path, uki_name: &str) -> Result<()>
     Ok(())
 }
 
-/// Build `disk.raw` (and `rootfs.verity`, `verity.json`, slot A's UKI)
-/// in `inp.out`. Runs unprivileged.
+/// The `mke2fs.conf` a seeded STATE is made with: Debian bookworm's
+/// (e2fsprogs 1.47.0) defaults and ext4 feature set, which is what stage 1's
+/// own first-boot `mke2fs` reads from the verified root (`/etc/mke2fs.conf`).
+/// Pinned so a seeded STATE is the same kind of filesystem as a first-boot
+/// one whatever the build host's e2fsprogs would pick (newer releases add
+/// `orphan_file`, for example). No usage types: 4 KiB blocks at any size.
+pub const STATE_MKE2FS_CONF: &str = "[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+/// Check a `--config` tree before anything is built: it must have `etc/`.
+pub fn check_config_tree(config: &Path) -> Result<()> {
+    for (t, _) in STATE_TOOLS {
+        require_tool(t)?;
+    }
+    let etc = config.join("etc");
+    if !etc.is_dir() {
+        return Err(ImageError::Invalid(format!(
+            "{} has no etc/ directory: --config takes a node configuration tree (DIR/etc/cairn/agent.yaml, DIR/etc/kubernetes/…), the same tree `cairn-image config-initrd --tree` packs",
+            config.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Copy `from` into the existing directory `to` keeping modes (regular
+/// files, directories, symlinks; nothing else), and record each path as
+/// `rel/<name>` in `paths` for the ownership pass.
+fn stage_tree(from: &Path, to: &Path, rel: &str, paths: &mut Vec<String>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = std::fs::read_dir(from)
+        .map_err(io(from))?
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io(from))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let src = e.path();
+        let name = e.file_name();
+        let name = name
+            .to_str()
+            .filter(|n| !n.contains('"') && !n.chars().any(char::is_control))
+            .ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "{}: configuration file names must be UTF-8 without quotes or control characters",
+                    src.display()
+                ))
+            })?;
+        let dst = to.join(name);
+        let path = format!("{rel}/{name}");
+        let meta = std::fs::symlink_metadata(&src).map_err(io(&src))?;
+        let mode = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777);
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir(&dst).map_err(io(&dst))?;
+            stage_tree(&src, &dst, &path, paths)?;
+            std::fs::set_permissions(&dst, mode).map_err(io(&dst))?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).map_err(io(&src))?;
+            std::fs::set_permissions(&dst, mode).map_err(io(&dst))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(io(&src))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(io(&dst))?;
+        } else {
+            return Err(ImageError::Invalid(format!(
+                "{}: not a regular file, directory or symlink; a configuration tree holds only those",
+                src.display()
+            )));
+        }
+        paths.push(path);
+    }
+    Ok(())
+}
+
+/// Write `image` (a file of `mib` MiB, mode 0600) as the ext4 filesystem
+/// stage 1 would find on STATE after a first boot of a node configured with
+/// `config`: label [`STATE_LABEL`], `etc-upper/` = the contents of
+/// `config/etc` (modes kept), empty `etc-work/` and `var/`, everything owned
+/// by root. Unprivileged: `mke2fs -d` copies a staged tree, then `debugfs`
+/// sets every inode's owner to 0:0 (`mke2fs -d` copies the builder's
+/// uid/gid, and only root could `chown` the staged files).
+pub fn build_state_image(config: &Path, image: &Path, mib: u64) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    check_config_tree(config)?;
+    let dir = image
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let scratch = tempdir_in(dir, ".state")?;
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(&scratch))?;
+    let res = (|| -> Result<()> {
+        let root = scratch.join("root");
+        let mut paths = vec!["/".to_string()];
+        let [etc_upper, ..] = STATE_SUBDIRS;
+        for d in std::iter::once("").chain(STATE_SUBDIRS) {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+            // The upper dir's attributes become /etc's own.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(io(&p))?;
+            if !d.is_empty() {
+                paths.push(format!("/{d}"));
+            }
+        }
+        stage_tree(
+            &config.join("etc"),
+            &root.join(etc_upper),
+            &format!("/{etc_upper}"),
+            &mut paths,
+        )?;
+
+        let conf = scratch.join("mke2fs.conf");
+        std::fs::write(&conf, STATE_MKE2FS_CONF).map_err(io(&conf))?;
+        if image.exists() {
+            std::fs::remove_file(image).map_err(io(image))?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(image)
+            .map_err(io(image))?;
+        f.set_len(mib * MIB).map_err(io(image))?;
+        drop(f);
+        run(tool("mke2fs")
+            .env("MKE2FS_CONFIG", &conf)
+            .args(["-q", "-F", "-t", "ext4", "-L", STATE_LABEL])
+            .args(["-E", "root_owner=0:0"])
+            .arg("-d")
+            .arg(&root)
+            .arg(image))?;
+
+        let script = scratch.join("chown.debugfs");
+        let mut cmds = String::new();
+        for p in &paths {
+            cmds.push_str(&format!("sif \"{p}\" uid 0\nsif \"{p}\" gid 0\n"));
+        }
+        std::fs::write(&script, cmds).map_err(io(&script))?;
+        let command = format!("debugfs -w -f {} {}", script.display(), image.display());
+        let out = tool("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image)
+            .output()
+            .map_err(|source| ImageError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        // debugfs exits 0 even when a request fails; its stderr has the
+        // version banner and nothing else on success.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+            .collect();
+        if !out.status.success() || !errors.is_empty() {
+            return Err(ImageError::Command {
+                command,
+                status: out.status.to_string(),
+                stderr: errors.join("\n"),
+            });
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    if res.is_err() {
+        let _ = std::fs::remove_file(image);
+    }
+    res
+}
+
 /// [`build_disk`] from a `cairn-image build` output directory (`vmlinuz`,
 /// `initramfs.cpio.gz`, `rootfs.erofs`) into `out`; when `out` is another
 /// directory, the rootfs is linked (or copied) there too, so one version's
@@ -601,6 +845,7 @@ pub fn build_disk_from_image_dir(
     version: &OsVersion,
     built_dir: &Path,
     sizes: DiskSizes,
+    config: Option<&Path>,
     out: &Path,
 ) -> Result<DiskBuilt> {
     let rootfs = built_dir.join("rootfs.erofs");
@@ -611,6 +856,7 @@ pub fn build_disk_from_image_dir(
         rootfs: &rootfs,
         sizes,
         out,
+        config,
     })?;
     if built_dir != out {
         let dst = out.join("rootfs.erofs");
@@ -622,10 +868,15 @@ pub fn build_disk_from_image_dir(
     Ok(disk)
 }
 
+/// Build `disk.raw` (and `rootfs.verity`, `verity.json`, slot A's UKI)
+/// in `inp.out`. Runs unprivileged.
 pub fn build_disk(inp: &DiskInputs) -> Result<DiskBuilt> {
     inp.sizes.check()?;
     for (t, _) in HOST_TOOLS {
         require_tool(t)?;
+    }
+    if let Some(config) = inp.config {
+        check_config_tree(config)?;
     }
     std::fs::create_dir_all(inp.out).map_err(io(inp.out))?;
     let rootfs_len = std::fs::metadata(inp.rootfs).map_err(io(inp.rootfs))?.len();
@@ -667,7 +918,13 @@ pub fn build_disk(inp: &DiskInputs) -> Result<DiskBuilt> {
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(io(&partial))?;
     }
-    File::create(&partial)
+    // A seeded STATE holds the node's private keys: so does the disk.
+    let disk_mode = if inp.config.is_some() { 0o600 } else { 0o644 };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(disk_mode)
+        .open(&partial)
         .and_then(|f| f.set_len(inp.sizes.disk_bytes()))
         .map_err(io(&partial))?;
     let mut child = tool("sfdisk")
@@ -709,6 +966,14 @@ pub fn build_disk(inp: &DiskInputs) -> Result<DiskBuilt> {
     copy_into(&esp, &mut f, &partial, layout.esp.start)?;
     copy_into(inp.rootfs, &mut f, &partial, layout.root_a.start)?;
     copy_into(&verity, &mut f, &partial, layout.verity_a.start)?;
+    if let Some(config) = inp.config {
+        let state = inp.out.join(".state.img");
+        log::info!("STATE seeded from {}", config.display());
+        build_state_image(config, &state, layout.state.size / MIB)?;
+        let copied = copy_into(&state, &mut f, &partial, layout.state.start);
+        let _ = std::fs::remove_file(&state);
+        copied?;
+    }
     f.sync_all().map_err(io(&partial))?;
     drop(f);
     std::fs::remove_file(&esp).map_err(io(&esp))?;
@@ -720,6 +985,7 @@ pub fn build_disk(inp: &DiskInputs) -> Result<DiskBuilt> {
         uki,
         uki_name,
         sizes: inp.sizes,
+        config: inp.config.map(Path::to_path_buf),
     })
 }
 
@@ -863,6 +1129,10 @@ Hash device size: \t20480 [bytes]
     }
 
     fn build_small_disk() -> Fixture {
+        build_small_disk_with(None)
+    }
+
+    fn build_small_disk_with(config: Option<&Path>) -> Fixture {
         need_test_tools();
         let dir = tempfile::tempdir().unwrap();
         let inputs = dir.path().join("in");
@@ -886,6 +1156,7 @@ Hash device size: \t20480 [bytes]
                 state_mib: 64,
             },
             out: &dir.path().join("out"),
+            config,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         Fixture {
@@ -998,6 +1269,158 @@ Hash device size: \t20480 [bytes]
         assert_eq!(b.uki_name, "cairn-a-1.2.3.efi");
     }
 
+    /// `debugfs -R REQUEST image`'s stdout.
+    fn debugfs(image: &Path, request: &str) -> String {
+        run(tool("debugfs").arg("-R").arg(request).arg(image)).unwrap()
+    }
+
+    #[test]
+    fn state_is_seeded_from_a_config_tree_as_stage_1_expects() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let cfg = tempfile::tempdir().unwrap();
+        let etc = cfg.path().join("etc");
+        std::fs::create_dir_all(etc.join("cairn")).unwrap();
+        std::fs::create_dir_all(etc.join("kubernetes/pki")).unwrap();
+        std::fs::write(etc.join("cairn/agent.yaml"), b"node: n1\n").unwrap();
+        std::fs::write(etc.join("kubernetes/pki/ca.key"), b"secret\n").unwrap();
+        std::fs::write(etc.join("kubernetes/pki/a name"), b"x").unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&etc.join("kubernetes/pki/ca.key"), 0o600);
+        mode(&etc.join("kubernetes/pki"), 0o750);
+        // The tree's own etc/ mode does not leak into /etc (the upper dir's
+        // attributes are the merged /etc's).
+        mode(&etc, 0o700);
+        std::os::unix::fs::symlink("agent.yaml", etc.join("cairn/current.yaml")).unwrap();
+        // Built by root or not, every file ends up owned by root.
+        if running_as_root() {
+            std::os::unix::fs::chown(etc.join("cairn/agent.yaml"), Some(1000), Some(1000)).unwrap();
+        }
+
+        let fx = build_small_disk_with(Some(cfg.path()));
+        let b = &fx.built;
+        assert_eq!(b.config.as_deref(), Some(cfg.path()));
+        assert_eq!(
+            std::fs::metadata(&b.disk).unwrap().mode() & 0o777,
+            0o600,
+            "a disk with the node's keys is private"
+        );
+        let layout = DiskLayout::find(&GptSource::new(&b.disk)).unwrap();
+        let state = b.disk.with_file_name("state.img");
+        std::fs::write(
+            &state,
+            read_range(&b.disk, layout.state.start, layout.state.size),
+        )
+        .unwrap();
+        // What stage 1 looks at before mounting: an ext4 superblock.
+        let head = read_range(&state, 0, 4096);
+        assert_eq!(
+            cairn_init::disk::classify_state(&head),
+            cairn_init::disk::StateContent::Ext4
+        );
+        let fsck = tool("e2fsck").arg("-fn").arg(&state).output().unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        let sb = run(tool("dumpe2fs").arg("-h").arg(&state)).unwrap();
+        let sb_field = |k: &str| {
+            sb.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {k} in {sb}"))
+        };
+        assert_eq!(sb_field("Filesystem volume name:"), "cairn-state");
+        assert_eq!(sb_field("Block size:"), "4096");
+        let features = sb_field("Filesystem features:");
+        for f in ["has_journal", "extent", "64bit", "metadata_csum"] {
+            assert!(features.split(' ').any(|x| x == f), "{f}: {features}");
+        }
+        assert!(!features.contains("orphan_file"), "{features}");
+
+        let listing = |dir: &str| -> Vec<String> {
+            debugfs(&state, &format!("ls {dir}"))
+                .split_whitespace()
+                .filter(|w| !w.starts_with('(') && w.parse::<u64>().is_err())
+                .map(str::to_string)
+                .collect()
+        };
+        let mut top = listing("/");
+        top.sort();
+        assert_eq!(
+            top,
+            [".", "..", "etc-upper", "etc-work", "lost+found", "var"]
+        );
+        assert_eq!(listing("/etc-work"), [".", ".."]);
+        assert_eq!(listing("/var"), [".", ".."]);
+        assert_eq!(
+            debugfs(&state, "cat /etc-upper/cairn/agent.yaml"),
+            "node: n1\n"
+        );
+        let stat = |p: &str| debugfs(&state, &format!("stat \"{p}\""));
+        let owner_and_mode = |p: &str| {
+            let s = stat(p);
+            let mode = s
+                .split("Mode:")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or_else(|| panic!("{s}"))
+                .to_string();
+            let root = s.contains("User:     0   Group:     0");
+            (mode, root)
+        };
+        for (p, m) in [
+            ("/", "0755"),
+            ("/etc-upper", "0755"),
+            ("/etc-work", "0755"),
+            ("/var", "0755"),
+            ("/etc-upper/cairn/agent.yaml", "0644"),
+            ("/etc-upper/kubernetes/pki", "0750"),
+            ("/etc-upper/kubernetes/pki/ca.key", "0600"),
+            ("/etc-upper/kubernetes/pki/a name", "0644"),
+            ("/etc-upper/cairn/current.yaml", "0777"),
+        ] {
+            assert_eq!(owner_and_mode(p), (m.to_string(), true), "{p}");
+        }
+        assert!(
+            stat("/etc-upper/cairn/current.yaml").contains("Fast link dest: \"agent.yaml\""),
+            "{}",
+            stat("/etc-upper/cairn/current.yaml")
+        );
+        // Nothing else is touched: slot B stays blank.
+        assert!(read_range(&b.disk, layout.root_b.start, MIB)
+            .iter()
+            .all(|x| *x == 0));
+        assert!(!b.disk.with_file_name(".state.img").exists());
+    }
+
+    fn running_as_root() -> bool {
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_config_tree_without_etc_is_refused_before_building() {
+        let cfg = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(cfg.path().join("cairn")).unwrap();
+        let e = check_config_tree(cfg.path()).unwrap_err().to_string();
+        assert!(e.contains("has no etc/ directory"), "{e}");
+        let img = cfg.path().join("s.img");
+        std::fs::create_dir_all(cfg.path().join("etc")).unwrap();
+        let fifo = cfg.path().join("etc/fifo");
+        run(Command::new("mkfifo").arg(&fifo)).unwrap();
+        let e = build_state_image(cfg.path(), &img, 64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a regular file, directory or symlink"),
+            "{e}"
+        );
+        assert!(!img.exists());
+    }
+
     #[test]
     fn uki_has_the_sections_and_the_root_hash() {
         let fx = build_small_disk();
@@ -1015,7 +1438,7 @@ Hash device size: \t20480 [bytes]
         assert_eq!(
             cmdline,
             format!(
-                "console=ttyS0,115200 mitigations=off panic=10 systemd.show_status=1 cairn.slot=a cairn.version=1.2.3 cairn.verity={}",
+                "console=ttyS0,115200 mitigations=off panic=10 systemd.show_status=1 systemd.gpt_auto=0 cairn.slot=a cairn.version=1.2.3 cairn.verity={}",
                 b.verity_params.root_hash
             )
         );

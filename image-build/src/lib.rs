@@ -18,6 +18,7 @@ pub mod mkosi;
 pub mod oci;
 pub mod pki;
 pub mod pxe;
+pub mod release;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -122,6 +123,9 @@ pub struct BuildInputs<'a> {
     pub init_binary: &'a Path,
     pub cairn_bins: Vec<PathBuf>,
     pub allowed_signers: &'a Path,
+    /// The update repository's TUF root, baked in as the trust root for OS
+    /// images (stage 2 finds it at /run/cairn/trust/tuf-root.json).
+    pub tuf_root: Option<&'a Path>,
 }
 
 /// The artifacts of one image build.
@@ -163,11 +167,18 @@ pub fn build_image(inp: &BuildInputs) -> Result<Built> {
         out: inp.out,
     })?;
     let signers = std::fs::read(inp.allowed_signers).map_err(io(inp.allowed_signers))?;
+    let mut trust = vec![("allowed_signers".to_string(), signers)];
+    if let Some(root) = inp.tuf_root {
+        trust.push((
+            "tuf-root.json".into(),
+            std::fs::read(root).map_err(io(root))?,
+        ));
+    }
     let initramfs = initramfs::build(&initramfs::InitramfsInputs {
         init_binary: inp.init_binary,
         rootfs: &rootfs,
         version: inp.version,
-        trust: vec![("allowed_signers".into(), signers)],
+        trust,
         out: inp.out,
     })?;
     let rootfs_initrd = initramfs::rootfs_initrd(&rootfs, inp.out)?;

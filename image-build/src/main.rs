@@ -32,9 +32,33 @@ enum Cmd {
         /// allowed_signers file baked into the initramfs as the Git trust root.
         #[arg(long)]
         allowed_signers: PathBuf,
+        /// The update repository's root.json, baked in as the trust root for OS images.
+        #[arg(long)]
+        tuf_root: Option<PathBuf>,
         /// The checkout holding mkosi.conf (defaults to the one this tool was built from).
         #[arg(long)]
         repo: Option<PathBuf>,
+    },
+    /// Sign an OS version into the TUF repository: its rootfs, dm-verity
+    /// hash tree and one UKI per slot (targets `cairn/<version>/…`).
+    Release {
+        /// The TUF repository (`cairn-image tuf init`).
+        #[arg(long)]
+        repo: PathBuf,
+        /// Its private keys (default: REPO/keys).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// A `cairn-image build` output directory.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Kernel argument appended to both UKIs (repeatable).
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
+        /// Where the hash tree and the UKIs are built (default: FROM/release-VERSION).
+        #[arg(long)]
+        work: Option<PathBuf>,
     },
     /// Build a bootable GPT disk image (`disk.raw`) with slot A holding this
     /// version, plus the per-version update artifacts (`rootfs.erofs`,
@@ -70,9 +94,16 @@ enum Cmd {
         /// the hash tree of a full root partition.
         #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().verity_mib)]
         verity_mib: u64,
-        /// STATE partition size, MiB (left blank; formatted ext4 on first boot).
+        /// STATE partition size, MiB (blank and formatted ext4 on first
+        /// boot, or seeded with --config).
         #[arg(long, default_value_t = cairn_image::disk::DiskSizes::default().state_mib)]
         state_mib: u64,
+        /// Node configuration tree (DIR/etc/cairn/agent.yaml, …: what
+        /// `config-initrd --tree` packs) written into the STATE partition's
+        /// /etc overlay, so the disk boots configured. The disk then holds
+        /// the node's private keys (disk.raw is mode 0600).
+        #[arg(long, value_name = "DIR")]
+        config: Option<PathBuf>,
     },
     /// Generate a cluster PKI as an `etc/` tree for a node's configuration initrd.
     Pki {
@@ -105,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             init,
             bins,
             allowed_signers,
+            tuf_root,
             repo,
         } => {
             let repo = repo.unwrap_or_else(cairn_image::default_repo_root);
@@ -116,9 +148,35 @@ fn main() -> anyhow::Result<()> {
                 init_binary: &init,
                 cairn_bins: bins,
                 allowed_signers: &allowed_signers,
+                tuf_root: tuf_root.as_deref(),
             })
             .context("image build failed")?;
             println!("{}", serde_json::to_string_pretty(&built.summary())?);
+        }
+        Cmd::Release {
+            repo,
+            keys,
+            from,
+            version,
+            kernel_args,
+            work,
+        } => {
+            let v = cairn_slots::OsVersion::new(&version)
+                .map_err(|e| anyhow::anyhow!("--version {version:?}: {e}"))?;
+            let work = work.unwrap_or_else(|| from.join(format!("release-{version}")));
+            let r = cairn_image::release::release(&cairn_image::release::ReleaseInputs {
+                repo: &repo,
+                keys: keys.as_deref(),
+                version: &v,
+                from: &from,
+                extra_cmdline: &kernel_args,
+                work: &work,
+            })
+            .context("release failed")?;
+            for t in &r.targets {
+                println!("signed target {t}");
+            }
+            println!("dm-verity root hash {}", r.verity_root_hash);
         }
         Cmd::Disk {
             out,
@@ -133,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             root_mib,
             verity_mib,
             state_mib,
+            config,
         } => {
             let os_version = cairn_slots::OsVersion::new(&version)
                 .with_context(|| format!("--version {version}"))?;
@@ -154,6 +213,7 @@ fn main() -> anyhow::Result<()> {
                         init_binary: &need(init, "--init")?,
                         cairn_bins: bins,
                         allowed_signers: &need(allowed_signers, "--allowed-signers")?,
+                        tuf_root: None,
                     })
                     .context("image build failed")?;
                     out.clone()
@@ -165,9 +225,14 @@ fn main() -> anyhow::Result<()> {
                 verity_mib,
                 state_mib,
             };
-            let disk =
-                cairn_image::disk::build_disk_from_image_dir(&os_version, &built_dir, sizes, &out)
-                    .context("disk build failed")?;
+            let disk = cairn_image::disk::build_disk_from_image_dir(
+                &os_version,
+                &built_dir,
+                sizes,
+                config.as_deref(),
+                &out,
+            )
+            .context("disk build failed")?;
             println!("{}", serde_json::to_string_pretty(&disk)?);
         }
         Cmd::Pki { out, node, sans } => {

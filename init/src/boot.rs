@@ -161,7 +161,7 @@ pub fn assemble_root(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitE
         MountFlags::default(),
         Some("mode=0755"),
     ))?;
-    for d in ["etc-upper", "etc-work", "var"] {
+    for d in disk::STATE_SUBDIRS {
         sys.mkdir_all(&join(STATE, d))?;
     }
     overlay_state(sys, STATE)

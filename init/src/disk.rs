@@ -63,8 +63,13 @@ pub const MKE2FS: (&str, &str) = (
 );
 /// Library path for [`MKE2FS`] inside the mounted root.
 const ROOT_LIBS: &str = "/sysroot/usr/lib/x86_64-linux-gnu";
-/// Filesystem label of the state partition.
+/// Filesystem label of the state partition (stage 1 sets it when it
+/// formats; it does not check it on an existing filesystem).
 pub const STATE_LABEL: &str = "cairn-state";
+/// The directories in a state filesystem (or PXE mode's state tmpfs): the
+/// `/etc` overlay's upper and work directories and what is bound on `/var`.
+/// Created when missing, so a state holding only some of them is fine.
+pub const STATE_SUBDIRS: [&str; 3] = ["etc-upper", "etc-work", "var"];
 /// dm-verity block size cairn uses for data and hash blocks.
 pub const VERITY_BLOCK: u64 = 4096;
 /// How much of the state partition must be zeros for it to count as blank.
@@ -378,7 +383,7 @@ pub fn mount_state(
             "mounting {dev} (state) as ext4 failed: {e}; run e2fsck on it from a rescue system, or zero its first MiB to start over"
         ))
     })?;
-    for d in ["etc-upper", "etc-work", "var"] {
+    for d in STATE_SUBDIRS {
         sys.mkdir_all(&join(STATE_DIR, d))?;
     }
     Ok(formatted)

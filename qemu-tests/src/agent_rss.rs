@@ -118,6 +118,7 @@ pub fn run(agent_bin: &Path) -> Result<(u64, u64)> {
         state_dir: work.path().join("state"),
         node_name: Some("bench-node".into()),
         policies: repo.join("policies"),
+        update: None,
     };
     let cfg_path = work.path().join("agent.yaml");
     std::fs::write(&cfg_path, serde_yaml::to_string(&cfg)?)?;

@@ -79,7 +79,7 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     phases.insert("build_binaries_s", s.done());
     let key = prepare::demo_key()?;
     let s = ui::step("image (mkosi tree, erofs rootfs, initramfs)");
-    let image_dir = out.join("image");
+    let image_dir = prepare::shared_image_dir();
     let (built, cached) = prepare::image(&repo, &image_dir, &opts.version, &kube_bin, &bins, &key)?;
     if cached {
         s.detail("unchanged, reused");
@@ -132,6 +132,7 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         state_dir: "/var/lib/cairn".into(),
         node_name: None,
         policies: "/usr/share/cairn/policies".into(),
+        update: None,
     };
     std::fs::create_dir_all(config.join("etc/cairn"))?;
     std::fs::write(

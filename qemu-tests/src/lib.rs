@@ -8,10 +8,13 @@
 //! - [`guest`]: a QEMU guest with its serial console captured to a file,
 //!   waited on by console lines, killed with its process group;
 //! - [`cluster`]: the host's view of the node's API server (waits on facts);
+//! - [`ab`]: a disk-installed node, a TUF update repository and the A/B
+//!   update scenario's versions;
 //! - [`demo`]: the whole walking skeleton, used by the `demo` command and
 //!   by the slow-tier test;
 //! - [`runner`]: the test command's tiers.
 
+pub mod ab;
 pub mod agent_rss;
 pub mod cluster;
 pub mod demo;

@@ -151,6 +151,12 @@ fn fingerprint(paths: &[PathBuf], extra: &str) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Where the QEMU tiers and the demo keep the built image (shared, so it is
+/// built once per change).
+pub fn shared_image_dir() -> PathBuf {
+    crate::repo_root().join("out/image")
+}
+
 /// Build the image into `out`, or reuse the one there when nothing it is
 /// built from has changed.
 pub fn image(
@@ -202,6 +208,7 @@ pub fn image(
         init_binary: &bins.init,
         cairn_bins: vec![bins.agent.clone(), bins.cairnctl.clone()],
         allowed_signers: &key.allowed_signers,
+        tuf_root: None,
     })?;
     std::fs::write(&stamp, &fp)?;
     Ok((b, false))

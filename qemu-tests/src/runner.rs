@@ -183,6 +183,25 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
                 ]),
             ),
         ));
+        results.push((
+            "qemu-ab",
+            tier(
+                "qemu-ab (slow: a disk node updates A→B, refuses bad bytes, rolls back)",
+                &mut c(&[
+                    "test",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "qemu-tests",
+                    "--test",
+                    "ab_update",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ]),
+            ),
+        ));
     }
     let passed = results.iter().filter(|(_, ok)| *ok).count();
     let failed = results.len() - passed;

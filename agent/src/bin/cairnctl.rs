@@ -29,6 +29,11 @@ enum Cmd {
     },
     /// Render DIR and server-side apply it as one ApplySet (what the agent does).
     Apply(ApplyArgs),
+    /// OS updates on this node (A/B slots).
+    Update {
+        #[command(subcommand)]
+        cmd: UpdateCmd,
+    },
     /// Render a directory (or a node of a fleet repo) and print the objects as YAML.
     Render {
         dir: PathBuf,
@@ -75,6 +80,24 @@ struct ApplyArgs {
     /// Namespace of the ApplySet parent Secret.
     #[arg(long, default_value = "kube-system")]
     applyset_namespace: String,
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Both slots, their versions and tries left, the update in flight and the last result.
+    Status {
+        /// The agent's state directory.
+        #[arg(long, default_value = "/var/lib/cairn")]
+        state_dir: PathBuf,
+        /// A mounted ESP (default: mount the cairn disk's ESP on /run/cairn/esp).
+        #[arg(long)]
+        esp: Option<PathBuf>,
+    },
+    /// Allow a version that failed to be tried again.
+    Unblock {
+        #[arg(long, default_value = "/var/lib/cairn")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +194,24 @@ fn apply(a: ApplyArgs) -> Result<(), String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Apply(a) => apply(a)?,
+        Cmd::Update {
+            cmd: UpdateCmd::Status { state_dir, esp },
+        } => {
+            let booted = cairn_agent::os::host::booted()?;
+            let st = cairn_agent::os::status_report(
+                &state_dir,
+                esp,
+                booted,
+                std::path::Path::new("/sys/firmware/efi/efivars"),
+            )?;
+            print!("{st}");
+        }
+        Cmd::Update {
+            cmd: UpdateCmd::Unblock { state_dir },
+        } => match cairn_agent::os::unblock(&state_dir)? {
+            Some(b) => println!("{} may be tried again (it failed: {})", b.version, b.reason),
+            None => println!("no version is blocked"),
+        },
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

@@ -151,10 +151,59 @@ pub struct UpdatePolicy {
     /// When nodes may reboot. None: any time.
     #[serde(default)]
     pub maintenance_window: Option<MaintenanceWindow>,
+    /// How long a freshly booted slot has to pass the health gate ("15m")
+    /// before it is marked bad and the node reboots into the old slot.
+    #[serde(default = "fifteen_minutes")]
+    pub health_timeout: String,
+    /// How long draining the node before a reboot may take ("10m"); when
+    /// PodDisruptionBudgets still block evictions then, the reboot is put
+    /// off, the node uncordoned, and the drain tried again later.
+    #[serde(default = "ten_minutes")]
+    pub drain_timeout: String,
+    /// Extra checks of the health gate, besides "the agent reached the API
+    /// server, the Node is Ready and the current commit is applied".
+    #[serde(default)]
+    pub checks: HealthChecks,
+}
+
+/// Extra health-gate checks (`update.checks` in `fleet.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthChecks {
+    /// systemd units that must be active; a unit that is failed, masked,
+    /// missing or restarting over and over fails the gate at once.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Kubernetes objects that must be healthy (kstatus).
+    #[serde(default)]
+    pub objects: Vec<ObjectRef>,
+}
+
+/// A Kubernetes object named in the fleet settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// e.g. `apps/v1`.
+    pub api_version: String,
+    /// e.g. `Deployment`.
+    pub kind: String,
+    /// Empty for cluster-scoped objects.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The object's name.
+    pub name: String,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn fifteen_minutes() -> String {
+    "15m".into()
+}
+
+fn ten_minutes() -> String {
+    "10m".into()
 }
 
 impl Default for UpdatePolicy {
@@ -162,8 +211,38 @@ impl Default for UpdatePolicy {
         UpdatePolicy {
             max_unavailable: 1,
             maintenance_window: None,
+            health_timeout: fifteen_minutes(),
+            drain_timeout: ten_minutes(),
+            checks: HealthChecks::default(),
         }
     }
+}
+
+impl UpdatePolicy {
+    /// `health_timeout` in seconds.
+    pub fn health_timeout_seconds(&self) -> Result<u64, String> {
+        duration_field("update.healthTimeout", &self.health_timeout)
+    }
+
+    /// `drain_timeout` in seconds.
+    pub fn drain_timeout_seconds(&self) -> Result<u64, String> {
+        duration_field("update.drainTimeout", &self.drain_timeout)
+    }
+
+    /// Is `unix_secs` inside the maintenance window (always, without one)?
+    pub fn in_window(&self, unix_secs: u64) -> bool {
+        let Some(w) = &self.maintenance_window else {
+            return true;
+        };
+        // 1970-01-01 was a Thursday: Monday 00:00 UTC is 3 days later
+        let minute_of_week = ((unix_secs / 60) + 3 * 24 * 60) % (7 * 24 * 60);
+        w.contains(minute_of_week as u32)
+    }
+}
+
+fn duration_field(key: &str, value: &str) -> Result<u64, String> {
+    parse_duration_seconds(value)
+        .ok_or_else(|| format!("{key} {value:?}: expected a duration like 90s, 5m or 1h30m"))
 }
 
 /// A weekly window, in UTC: on each of `days`, from `start` for `duration`.
@@ -420,8 +499,20 @@ impl Fleet {
             update: raw.update,
             apply: raw.apply,
         };
-        if let Err(m) = settings.apply.health_timeout_seconds() {
-            return Err(fleet_err(&fleet_path, &m));
+        for check in [
+            settings.apply.health_timeout_seconds(),
+            settings.update.health_timeout_seconds(),
+            settings.update.drain_timeout_seconds(),
+        ] {
+            if let Err(m) = check {
+                return Err(fleet_err(&fleet_path, &m));
+            }
+        }
+        if settings.update.health_timeout_seconds() == Ok(0) {
+            return Err(fleet_err(
+                &fleet_path,
+                "update.healthTimeout must be more than 0s: a new OS slot needs time to prove itself",
+            ));
         }
         if settings.os.version.trim().is_empty() {
             return Err(fleet_err(&fleet_path, "os.version must not be empty"));
@@ -879,6 +970,31 @@ mod tests {
         assert!(w.contains(sat + 24 * 60 + 59)); // Sunday 00:59
         assert!(!w.contains(sat + 24 * 60 + 60));
         assert!(!w.contains(sat + 22 * 60));
+    }
+
+    #[test]
+    fn update_policy_window_in_unix_time_and_gate_settings() {
+        let mut p = UpdatePolicy::default();
+        assert!(p.in_window(0), "no window: always");
+        assert_eq!(p.health_timeout_seconds(), Ok(900));
+        assert_eq!(p.drain_timeout_seconds(), Ok(600));
+        p.maintenance_window = Some(MaintenanceWindow {
+            days: vec!["Sat".into()],
+            start: "23:00".into(),
+            duration: "2h".into(),
+        });
+        // 2026-11-28 is a Saturday: 23:30 UTC is inside, 22:59 is not
+        let sat_2330 = 1_795_908_600; // date -u -d '2026-11-28 23:30' +%s
+        assert!(p.in_window(sat_2330));
+        assert!(!p.in_window(sat_2330 - 31 * 60));
+        assert!(p.in_window(sat_2330 + 89 * 60), "Sunday 00:59");
+        assert!(!p.in_window(sat_2330 + 91 * 60));
+        p.health_timeout = "soon".into();
+        let e = p.health_timeout_seconds().unwrap_err();
+        assert!(
+            e.contains("update.healthTimeout") && e.contains("soon"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,8 +29,9 @@ use std::path::Path;
 
 pub use error::RenderError;
 pub use fleet::{
-    normalize_mac, parse_duration_seconds, ApplyPolicy, Fleet, FleetSettings, MaintenanceWindow,
-    MatchedBy, NodeIdentity, NodeMetadata, NodePlan, OsSettings, Taint, UpdatePolicy, ROLES,
+    normalize_mac, parse_duration_seconds, ApplyPolicy, Fleet, FleetSettings, HealthChecks,
+    MaintenanceWindow, MatchedBy, NodeIdentity, NodeMetadata, NodePlan, ObjectRef, OsSettings,
+    Taint, UpdatePolicy, ROLES,
 };
 pub use template::{merge_values, TemplateContext};
 

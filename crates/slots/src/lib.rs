@@ -38,6 +38,7 @@ pub mod entry;
 pub mod esp;
 pub mod layout;
 pub mod plan;
+pub mod release;
 pub mod slot;
 pub mod state;
 pub mod status;

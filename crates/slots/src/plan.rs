@@ -130,8 +130,9 @@ pub enum ImagePart {
 /// starts a fresh stream from the beginning; the plan checks length and
 /// hash.
 pub trait ImageSource {
-    /// Open one artifact.
-    fn open(&mut self, part: ImagePart) -> io::Result<Box<dyn Read + Send>>;
+    /// Open one artifact (the stream may borrow the source, e.g. its HTTP
+    /// client).
+    fn open(&mut self, part: ImagePart) -> io::Result<Box<dyn Read + Send + '_>>;
 }
 
 /// Which partition of a slot.
@@ -404,15 +405,18 @@ impl<'p, 's> Runner<'p, 's> {
         Ok(self.report)
     }
 
-    fn open(&mut self, part: ImagePart) -> Result<Box<dyn Read + Send>, PlanError> {
-        self.seams
-            .source
-            .open(part)
-            .map_err(|source| PlanError::Source {
-                part,
-                version: self.plan.version.clone(),
-                source,
-            })
+    /// Open an artifact; a free function over the fields so the stream's
+    /// borrow of the source does not cover the ESP or the disk.
+    fn open<'a>(
+        source: &'a mut dyn ImageSource,
+        plan: &InstallPlan,
+        part: ImagePart,
+    ) -> Result<Box<dyn Read + Send + 'a>, PlanError> {
+        source.open(part).map_err(|source| PlanError::Source {
+            part,
+            version: plan.version.clone(),
+            source,
+        })
     }
 
     fn execute(&mut self, step: Step) -> Result<(), PlanError> {
@@ -487,7 +491,7 @@ impl<'p, 's> Runner<'p, 's> {
             }
             Step::InstallUki => {
                 let name = EntryName::trial(target, version.clone()).file_name();
-                let mut src = self.open(ImagePart::Uki)?;
+                let mut src = Self::open(self.seams.source, self.plan, ImagePart::Uki)?;
                 self.seams.esp.install(&name, &mut src, &self.images.uki)?;
                 self.state.phase = Phase::Installed {
                     slot: target,
@@ -504,12 +508,13 @@ impl<'p, 's> Runner<'p, 's> {
             PartKind::Root => (ImagePart::Root, self.images.root),
             PartKind::Verity => (ImagePart::Verity, self.images.verity),
         };
-        let mut src = self.open(part)?;
+        let mut src = Self::open(self.seams.source, self.plan, part)?;
         let mut dest = self.seams.disk.open(self.plan.target, kind)?;
         match write::write_image(&mut src, &expected, dest.as_mut()) {
             Ok(r) => Ok(r),
             Err(e) => {
                 drop(dest);
+                drop(src);
                 self.reinvalidate(&[kind]);
                 Err(e.into())
             }
@@ -770,7 +775,7 @@ mod tests {
     }
 
     impl ImageSource for MemSource {
-        fn open(&mut self, part: ImagePart) -> io::Result<Box<dyn Read + Send>> {
+        fn open(&mut self, part: ImagePart) -> io::Result<Box<dyn Read + Send + '_>> {
             let data = match part {
                 ImagePart::Root => self.root.clone(),
                 ImagePart::Verity => self.verity.clone(),

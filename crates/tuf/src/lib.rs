@@ -187,7 +187,7 @@ mod updater;
 pub use error::{Error, Result};
 pub use store::write_atomic;
 pub use transport::{FilesystemTransport, HttpTransport, Transport, TransportError};
-pub use updater::{Config, Limits, TargetInfo, Updater};
+pub use updater::{Config, Limits, TargetInfo, TargetReader, Updater};
 
 use serde::{Deserialize, Serialize};
 

@@ -468,6 +468,35 @@ impl<T: Transport> Updater<T> {
         verifier.finish()
     }
 
+    /// Open `info`'s target as a stream that enforces the signed length and
+    /// checks every signed hash at the end: a read past the signed length,
+    /// or the final read (end of stream) when a hash or the length does not
+    /// match, fails with an [`io::Error`] that wraps the TUF [`Error`]. For
+    /// callers that write the bytes somewhere themselves (an A/B slot) and
+    /// must not trust them unless the stream ended cleanly.
+    pub fn open_target(&self, info: &TargetInfo) -> Result<TargetReader<'_>> {
+        let url = self.target_url(info);
+        let what = format!("target {}", info.path);
+        // Refuse unknown hash algorithms before any byte is fetched.
+        StreamVerifier::new(info, &what, &url)?;
+        let reader = self
+            .transport
+            .fetch(&url)
+            .map_err(|source| Error::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        Ok(TargetReader {
+            inner: reader.take(info.length + 1),
+            info: info.clone(),
+            what,
+            url,
+            total: 0,
+            hashers: None,
+            done: false,
+        })
+    }
+
     /// Whether `path` already holds exactly `info`'s target (length and
     /// every hash match), so a download can be skipped.
     pub fn is_cached(&self, info: &TargetInfo, path: &Path) -> bool {
@@ -1026,6 +1055,64 @@ fn step_5_2_load_trusted_root(dir: &MetadataDir) -> Result<Root> {
     let rk = root.role("root");
     env.verify_threshold("root", "trusted root", &root.keys, &rk.keyids, rk.threshold)?;
     Ok(root)
+}
+
+/// A target's bytes as they arrive, checked against the signed length and
+/// hashes ([`Updater::open_target`]).
+pub struct TargetReader<'a> {
+    inner: std::io::Take<Box<dyn Read + Send + 'a>>,
+    info: TargetInfo,
+    what: String,
+    url: String,
+    total: u64,
+    hashers: Option<Vec<(String, String, Hasher)>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for TargetReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetReader")
+            .field("target", &self.info.path)
+            .field("url", &self.url)
+            .field("read", &self.total)
+            .finish()
+    }
+}
+
+impl TargetReader<'_> {
+    fn fail(e: Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
+
+impl Read for TargetReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.hashers.is_none() {
+            let v = StreamVerifier::new(&self.info, &self.what, &self.url).map_err(Self::fail)?;
+            self.hashers = Some(v.hashers);
+        }
+        let n = self.inner.read(buf)?;
+        let mut v = StreamVerifier {
+            info: &self.info,
+            what: &self.what,
+            source: &self.url,
+            total: self.total,
+            hashers: self.hashers.take().unwrap_or_default(),
+        };
+        if n == 0 {
+            self.done = true;
+            v.finish().map_err(Self::fail)?;
+            return Ok(0);
+        }
+        let r = v.update(&buf[..n]);
+        self.total = v.total;
+        self.hashers = Some(v.hashers);
+        r.map_err(Self::fail)?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

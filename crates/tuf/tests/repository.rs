@@ -277,3 +277,81 @@ fn cli_commands_round_trip() {
     assert_eq!(up.trusted_root().common.version, 2);
     assert_eq!(up.trusted_timestamp().unwrap().common.version, 3);
 }
+
+#[test]
+fn open_target_streams_verified_bytes_and_fails_the_last_read_on_tampering() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let repo_dir = tmp.path().join("repo");
+    let mut repo = Repository::init(&repo_dir, None, &InitOptions::default(), now).unwrap();
+    let image = tmp.path().join("img");
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&image, &bytes).unwrap();
+    let name = "cairn/0.2.0/rootfs.erofs";
+    repo.add_target_file(&TargetName::new(name).unwrap(), &image, None)
+        .unwrap();
+    repo.sign(&[]).unwrap();
+    let public = tmp.path().join("public");
+    repo.publish(&public).unwrap();
+    let md = tmp.path().join("client");
+    std::fs::create_dir_all(&md).unwrap();
+    std::fs::copy(public.join("metadata/1.root.json"), md.join("root.json")).unwrap();
+    let mut up = client(&public, &md, now);
+    let info = up.get_target_info(name).unwrap().unwrap();
+
+    let mut got = Vec::new();
+    up.open_target(&info)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got, bytes);
+
+    // Flip one byte of the published file: every byte but the end of the
+    // stream reads fine, then the hash check fails it.
+    let published: Vec<_> = walk(&public.join("targets"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("rootfs.erofs"))
+        .collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let mut evil = bytes.clone();
+    evil[100_000] ^= 1;
+    std::fs::write(&published[0], &evil).unwrap();
+    let mut r = up.open_target(&info).unwrap();
+    let mut got = Vec::new();
+    let e = r.read_to_end(&mut got).unwrap_err();
+    assert_eq!(
+        got.len(),
+        bytes.len(),
+        "all bytes arrive before the verdict"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("rootfs.erofs") && msg.contains("sha256"),
+        "{msg}"
+    );
+
+    // A longer file is cut off at the signed length + 1 and refused.
+    let mut long = bytes.clone();
+    long.push(0);
+    std::fs::write(&published[0], &long).unwrap();
+    let e = up
+        .open_target(&info)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
+    assert!(e.to_string().contains("200000"), "{e}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

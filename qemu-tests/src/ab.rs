@@ -1,0 +1,333 @@
+//! A disk-installed node for the A/B update tier: the image as a GPT disk
+//! (slot A = the built version, STATE seeded with the node's
+//! configuration), booted with OVMF + systemd-boot under TCG; a fresh TUF
+//! repository with signed OS versions served over HTTP; the signed fleet
+//! repository served by `git daemon`.
+//!
+//! The versions published for the scenario (all from the one built image,
+//! so the tier builds the rootfs once):
+//!
+//! - [`GOOD`]: the same root filesystem under a new version, a normal update;
+//! - [`BAD`]: a UKI whose command line masks `kubelet.service` — an image
+//!   whose kubelet cannot start, which the health gate must catch;
+//! - [`TAMPERED`]: signed, then one byte of its published rootfs flipped on
+//!   the web server;
+//! - [`UNSIGNED`]: named in fleet.yaml, never published.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cluster::Cluster;
+use crate::demo::{NODE, POLL_SECONDS};
+use crate::fleet::FleetRepo;
+use crate::guest::{Guest, GuestSpec};
+use crate::servers::{free_port, GitDaemon, HttpServer};
+use crate::{prepare, ui, wait_until};
+
+/// The version on slot A of the disk image.
+pub const BASE: &str = env!("CARGO_PKG_VERSION");
+/// A good update.
+pub const GOOD: &str = "0.2.0";
+/// An update whose kubelet cannot start.
+pub const BAD: &str = "0.3.0";
+/// Signed, then tampered with on the server.
+pub const TAMPERED: &str = "0.4.0";
+/// Never published.
+pub const UNSIGNED: &str = "0.9.9";
+
+/// Generous deadlines (TCG, noisy machines).
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(900);
+pub const UPDATE_DEADLINE: Duration = Duration::from_secs(2400);
+
+/// A booted disk node and what serves it.
+pub struct AbNode {
+    pub guest: Guest,
+    pub cluster: Cluster,
+    pub fleet: FleetRepo,
+    pub phases: BTreeMap<&'static str, f64>,
+    pub tuf_www: PathBuf,
+    _http: HttpServer,
+    _git: GitDaemon,
+}
+
+/// The health gate settings the scenario's fleet.yaml uses.
+const UPDATE_SETTINGS: &str = "update:\n  maxUnavailable: 1\n  healthTimeout: 20m\n  drainTimeout: 5m\n  checks:\n    units: [containerd.service, kubelet.service]\n";
+
+/// Replace `update:` … in fleet.yaml with [`UPDATE_SETTINGS`] and set
+/// `os.version`.
+pub fn fleet_yaml(original: &str, version: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in original.lines() {
+        let top = !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty();
+        if top {
+            skipping = line.starts_with("update:");
+            if skipping {
+                out.push_str(UPDATE_SETTINGS);
+                continue;
+            }
+        }
+        if skipping {
+            continue;
+        }
+        if line.trim_start().starts_with("version:") && line.starts_with("  ") {
+            out.push_str(&format!("  version: \"{version}\"\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+impl AbNode {
+    /// Point fleet.yaml at `version` and push a signed commit; returns it.
+    pub fn want_version(&self, version: &str) -> Result<String> {
+        let p = self.fleet.work.join("fleet.yaml");
+        let text = std::fs::read_to_string(&p)?;
+        std::fs::write(&p, fleet_yaml(&text, version))?;
+        self.fleet.commit(true, &format!("os: {version}"))
+    }
+
+    pub fn annotation(&self, key: &str) -> Result<Option<String>> {
+        self.cluster.node_annotation(NODE, key)
+    }
+
+    /// Wait until the node reports `version` running from `slot` and up to date.
+    pub fn wait_running(&mut self, what: &str, version: &str, slot: &str) -> Result<f64> {
+        let start = Instant::now();
+        wait_until(what, UPDATE_DEADLINE, || {
+            self.guest.check_alive()?;
+            let v = self.annotation(cairn_agent::os::ANN_OS_VERSION)?;
+            let s = self.annotation(cairn_agent::os::ANN_OS_SLOT)?;
+            let u = self.annotation(cairn_agent::os::ANN_OS_UPDATE)?;
+            Ok((v.as_deref() == Some(version)
+                && s.as_deref() == Some(slot)
+                && u.as_deref().is_some_and(|u| u.starts_with("up to date")))
+            .then_some(()))
+        })?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// How many times the guest switched root (one per boot).
+    pub fn boots(&self) -> usize {
+        std::fs::read(&self.guest.serial_log)
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .matches("cairn-init: switching root")
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Build the disk, the update repository and the fleet; boot slot A and
+/// wait until the node runs [`BASE`] with the first commit applied.
+pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
+    let repo = crate::repo_root();
+    std::fs::create_dir_all(out)?;
+    let mut phases = BTreeMap::new();
+    let s = ui::step("host packages, Kubernetes binaries, cairn binaries, image");
+    prepare::host_packages(&repo)?;
+    let kube_bin = prepare::kube_binaries(&repo)?;
+    let bins = prepare::guest_binaries(&repo)?;
+    let key = prepare::demo_key()?;
+    let image_dir = prepare::shared_image_dir();
+    let (_built, _) = prepare::image(&repo, &image_dir, BASE, &kube_bin, &bins, &key)?;
+    s.done();
+
+    let s =
+        ui::step("TUF repository: sign 0.2.0 (good), 0.3.0 (kubelet masked), 0.4.0 (to tamper)");
+    let tuf = out.join("tuf");
+    let www = out.join("tuf-www");
+    for d in [&tuf, &www] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    cairn_tuf::repository::cli::TufCommand::Init {
+        repo: cairn_tuf::repository::cli::RepoArgs {
+            repo: tuf.clone(),
+            keys: None,
+        },
+        root_keys: 1,
+        root_threshold: 1,
+        targets_keys: 1,
+        targets_threshold: 1,
+        snapshot_keys: 1,
+        snapshot_threshold: 1,
+        timestamp_keys: 1,
+        timestamp_threshold: 1,
+        root_expires_days: 365,
+        targets_expires_days: 90,
+        snapshot_expires_days: 7,
+        timestamp_expires_days: 1,
+    }
+    .run()
+    .context("tuf init")?;
+    for (v, args) in [
+        (GOOD, vec![]),
+        (BAD, vec!["systemd.mask=kubelet.service".to_string()]),
+        (TAMPERED, vec![]),
+    ] {
+        let version = cairn_slots::OsVersion::new(v)?;
+        cairn_image::release::release(&cairn_image::release::ReleaseInputs {
+            repo: &tuf,
+            keys: None,
+            version: &version,
+            from: &image_dir,
+            extra_cmdline: &args,
+            work: &out.join(format!("release-{v}")),
+        })
+        .with_context(|| format!("release {v}"))?;
+    }
+    cairn_tuf::repository::Repository::open(&tuf, None, std::time::SystemTime::now())?
+        .publish(&www)?;
+    tamper(&www, TAMPERED)?;
+    let http = HttpServer::start(&www)?;
+    phases.insert("release_s", s.done());
+
+    let s = ui::step("fleet repository, node configuration, disk image");
+    let git_base = out.join("git");
+    std::fs::create_dir_all(&git_base)?;
+    let fleet = FleetRepo::create(&git_base, &repo.join("gitops"), &key)?;
+    let p = fleet.work.join("fleet.yaml");
+    std::fs::write(&p, fleet_yaml(&std::fs::read_to_string(&p)?, BASE))?;
+    let first = fleet.commit(true, "update settings for the A/B scenario")?;
+    let git = GitDaemon::start(&git_base, &out.join("git-daemon.log"))?;
+
+    let api_port = free_port()?;
+    let config = out.join("config");
+    if config.exists() {
+        std::fs::remove_dir_all(&config)?;
+    }
+    let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {
+        node_name: NODE,
+        api_sans: &["10.0.2.15".into(), "10.0.2.2".into()],
+    })?;
+    cairn_image::pki::write_node_tree(&pki, &config)?;
+    let agent_cfg = cairn_agent::AgentConfig {
+        source: cairn_agent::config::SourceSettings {
+            url: format!("git://10.0.2.2:{}/fleet.git", git.port),
+            branch: "main".into(),
+            interval_seconds: POLL_SECONDS,
+        },
+        kubeconfig: "/etc/cairn/agent.kubeconfig".into(),
+        trust: "/run/cairn/trust/allowed_signers".into(),
+        state_dir: "/var/lib/cairn".into(),
+        node_name: None,
+        policies: "/usr/share/cairn/policies".into(),
+        update: Some(cairn_agent::config::UpdateSettings {
+            metadata_url: format!("http://10.0.2.2:{}/metadata", http.port),
+            targets_url: format!("http://10.0.2.2:{}/targets", http.port),
+            trusted_root: "/etc/cairn/tuf-root.json".into(),
+        }),
+    };
+    std::fs::create_dir_all(config.join("etc/cairn"))?;
+    std::fs::write(
+        config.join("etc/cairn/agent.yaml"),
+        serde_yaml::to_string(&agent_cfg)?,
+    )?;
+    std::fs::copy(
+        www.join("metadata/1.root.json"),
+        config.join("etc/cairn/tuf-root.json"),
+    )?;
+    std::fs::write(config.join("etc/hostname"), format!("{NODE}\n"))?;
+    let admin_kubeconfig = out.join("admin.kubeconfig");
+    std::fs::write(
+        &admin_kubeconfig,
+        cairn_image::pki::kubeconfig(
+            &format!("https://127.0.0.1:{api_port}"),
+            &pki.ca.cert,
+            &pki.admin,
+            "admin",
+        ),
+    )?;
+    let disk_dir = out.join("disk");
+    let base = cairn_slots::OsVersion::new(BASE)?;
+    let disk = cairn_image::disk::build_disk_from_image_dir(
+        &base,
+        &image_dir,
+        cairn_image::disk::DiskSizes::default(),
+        Some(&config),
+        &disk_dir,
+    )?;
+    phases.insert("disk_build_s", s.done());
+
+    let serial = out.join("serial.log");
+    eprintln!("  serial console: {}", serial.display());
+    let mut spec = GuestSpec::disk(&disk.disk, &out.join("OVMF_VARS.fd"), &serial)?;
+    spec.forwards.push((api_port, 6443));
+    let s = ui::step("OVMF → systemd-boot → UKI (slot A) → Kubernetes → agent");
+    let mut guest = Guest::start(&spec)?;
+    guest.wait_for_line(
+        "switching root",
+        &["cairn-init: FATAL", "Kernel panic"],
+        BOOT_DEADLINE,
+    )?;
+    phases.insert("firmware_to_switch_root_s", guest.elapsed());
+    let cluster = Cluster::connect(&admin_kubeconfig)?;
+    wait_until(
+        "the first commit applied on slot A",
+        BOOT_DEADLINE * 2,
+        || {
+            guest.check_alive()?;
+            let applied = cluster.node_annotation(NODE, cairn_agent::status::ANN_APPLIED)?;
+            let version = cluster.node_annotation(NODE, cairn_agent::os::ANN_OS_VERSION)?;
+            Ok(
+                (applied.as_deref() == Some(first.as_str()) && version.as_deref() == Some(BASE))
+                    .then_some(()),
+            )
+        },
+    )?;
+    phases.insert("boot_to_applied_s", guest.elapsed());
+    s.done();
+    Ok(AbNode {
+        guest,
+        cluster,
+        fleet,
+        phases,
+        tuf_www: www,
+        _http: http,
+        _git: git,
+    })
+}
+
+/// Flip one byte in the middle of `version`'s published rootfs.
+fn tamper(www: &Path, version: &str) -> Result<()> {
+    let dir = www.join("targets/cairn").join(version);
+    let f = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".rootfs.erofs"))
+        .with_context(|| format!("no published rootfs in {}", dir.display()))?;
+    // publish may hard-link or copy: break a link before writing
+    let bytes = std::fs::read(&f)?;
+    std::fs::remove_file(&f)?;
+    let mut evil = bytes;
+    let mid = evil.len() / 2;
+    evil[mid] ^= 0x55;
+    std::fs::write(&f, evil)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_yaml_gets_the_scenario_settings_and_version() {
+        let orig = std::fs::read_to_string(crate::repo_root().join("gitops/fleet.yaml")).unwrap();
+        let out = fleet_yaml(&orig, "0.2.0");
+        assert!(out.contains("  version: \"0.2.0\"\n"), "{out}");
+        assert!(out.contains("units: [containerd.service, kubelet.service]"));
+        assert_eq!(out.matches("update:").count(), 1, "{out}");
+        assert!(!out.contains("maintenanceWindow"), "{out}");
+        assert!(out.contains("values:"), "the rest is kept: {out}");
+        assert_eq!(fleet_yaml(&out, "0.3.0").matches("0.3.0").count(), 1);
+    }
+}

@@ -1,0 +1,99 @@
+//! Slow tier: A/B OS updates on a disk-booted QEMU node (OVMF + systemd-boot
+//! under TCG). Run by `cargo run --release -p qemu-tests -- test`.
+//!
+//! One VM life, in order: slot A runs the base version; an unsigned
+//! version named in Git is refused; a signed version whose bytes were
+//! tampered with on the server is refused; a good version is installed into
+//! slot B, booted, gated and blessed; a bad version (its kubelet cannot
+//! start) is installed into slot A, fails the health gate, is marked bad,
+//! and the node comes back on slot B by itself and reports it.
+
+use cairn_agent::os::{ANN_OS_FAILED, ANN_OS_SLOT, ANN_OS_UPDATE, ANN_OS_VERSION};
+use qemu_tests::ab::{boot_disk_node, BAD, BASE, GOOD, TAMPERED, UNSIGNED, UPDATE_DEADLINE};
+use qemu_tests::wait_until;
+
+#[test]
+#[ignore = "slow tier: builds a disk image and boots QEMU with OVMF (run by `cargo run --release -p qemu-tests -- test`)"]
+fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
+    let out = qemu_tests::repo_root().join("out/test-ab");
+    let mut node = boot_disk_node(&out).expect("disk node boots slot A and applies");
+    assert_eq!(node.boots(), 1);
+    node.wait_running("slot A up to date", BASE, "a").unwrap();
+
+    // 1. A version the update repository does not sign: refused, A runs on.
+    node.want_version(UNSIGNED).unwrap();
+    let line = wait_until(
+        "the unsigned version to be refused",
+        UPDATE_DEADLINE,
+        || {
+            node.guest.check_alive()?;
+            Ok(node
+                .annotation(ANN_OS_UPDATE)?
+                .filter(|u| u.contains("not signed") && u.contains(UNSIGNED)))
+        },
+    )
+    .unwrap();
+    println!("unsigned: {line}");
+
+    // 2. Signed, but the bytes on the server were changed: refused by hash.
+    node.want_version(TAMPERED).unwrap();
+    let line = wait_until(
+        "the tampered version to be refused",
+        UPDATE_DEADLINE,
+        || {
+            node.guest.check_alive()?;
+            Ok(node
+                .annotation(ANN_OS_UPDATE)?
+                .filter(|u| u.contains("install failed") && u.contains("sha256")))
+        },
+    )
+    .unwrap();
+    println!("tampered: {line}");
+    assert_eq!(node.boots(), 1, "a refused update must not reboot");
+    assert_eq!(
+        node.annotation(ANN_OS_VERSION).unwrap().as_deref(),
+        Some(BASE)
+    );
+
+    // 3. A good version: slot B, rebooted, gated, blessed.
+    let started = std::time::Instant::now();
+    node.want_version(GOOD).unwrap();
+    node.wait_running("the good version blessed on slot B", GOOD, "b")
+        .unwrap();
+    let to_blessed = started.elapsed().as_secs_f64();
+    assert_eq!(node.boots(), 2, "exactly one reboot into slot B");
+    println!("update available → blessed on B: {to_blessed:.0} s");
+
+    // 4. A bad version: installed into A, fails the gate, B comes back.
+    let started = std::time::Instant::now();
+    node.want_version(BAD).unwrap();
+    let failed = wait_until("the bad version reported failed", UPDATE_DEADLINE, || {
+        node.guest.check_alive()?;
+        let v = node.annotation(ANN_OS_VERSION)?;
+        let s = node.annotation(ANN_OS_SLOT)?;
+        let f = node.annotation(ANN_OS_FAILED)?;
+        Ok(f.filter(|f| {
+            f.starts_with(BAD) && v.as_deref() == Some(GOOD) && s.as_deref() == Some("b")
+        }))
+    })
+    .unwrap();
+    let to_rollback = started.elapsed().as_secs_f64();
+    println!("bad update → back on B: {to_rollback:.0} s ({failed})");
+    assert!(failed.contains("kubelet.service"), "{failed}");
+    assert_eq!(node.boots(), 4, "into the bad slot and back");
+    // not retried: the agent says so (after reading the same commit again)
+    wait_until("the agent to report the block", UPDATE_DEADLINE, || {
+        node.guest.check_alive()?;
+        Ok(node
+            .annotation(ANN_OS_UPDATE)?
+            .filter(|u| u.contains("is not retried")))
+    })
+    .unwrap();
+    assert_eq!(node.boots(), 4, "a failed version is not retried");
+    let phases = serde_json::json!({
+        "phases": node.phases,
+        "update_to_blessed_s": to_blessed,
+        "bad_update_to_rolled_back_s": to_rollback,
+    });
+    println!("{phases}");
+}
