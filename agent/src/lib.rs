@@ -276,8 +276,10 @@ impl Agent {
             force: r.policy.force,
             prune: r.policy.prune,
             allow_empty: r.policy.allow_empty,
-            // healthTimeout: 0s turns the wait off
-            wait: (first_time && health > 0).then(|| Duration::from_secs(health)),
+            // healthTimeout: 0s turns the wait off; a slot on trial is still
+            // cordoned, its gate checks what it must (update.checks)
+            wait: (first_time && health > 0 && !self.os.on_trial())
+                .then(|| Duration::from_secs(health)),
             revision: Some(id.to_string()),
             // a node agent has time; fewer connections keep its memory small
             concurrency: AGENT_CONCURRENCY,

@@ -117,7 +117,7 @@ impl AbNode {
         std::fs::read(&self.guest.serial_log)
             .map(|b| {
                 String::from_utf8_lossy(&b)
-                    .matches("cairn-init: switching root")
+                    .matches("] switching root to systemd")
                     .count()
             })
             .unwrap_or(0)

@@ -8,13 +8,16 @@ use anyhow::Result;
 /// One tier: a command, and whether its failure fails the run.
 pub fn tier(name: &str, cmd: &mut Command) -> bool {
     eprintln!("\n=== tier: {name}\n    {cmd:?}");
-    match cmd.status() {
+    let start = std::time::Instant::now();
+    let status = cmd.status();
+    let secs = start.elapsed().as_secs();
+    match status {
         Ok(s) if s.success() => {
-            eprintln!("=== tier {name}: passed");
+            eprintln!("=== tier {name}: passed in {secs} s");
             true
         }
         Ok(s) => {
-            eprintln!("=== tier {name}: FAILED ({s})");
+            eprintln!("=== tier {name}: FAILED ({s}) after {secs} s");
             false
         }
         Err(e) => {
@@ -24,8 +27,12 @@ pub fn tier(name: &str, cmd: &mut Command) -> bool {
     }
 }
 
+/// Elapsed time after which the A/B QEMU scenario is not started.
+pub const AB_BUDGET: std::time::Duration = std::time::Duration::from_secs(50 * 60);
+
 /// Run every tier; `no_qemu` skips the QEMU tier and says so.
 pub fn run_all(no_qemu: bool) -> Result<bool> {
+    let run_start = std::time::Instant::now();
     let repo = crate::repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::prepare::host_packages(&repo)?;
@@ -183,25 +190,38 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
                 ]),
             ),
         ));
-        results.push((
-            "qemu-ab",
-            tier(
-                "qemu-ab (slow: a disk node updates A→B, refuses bad bytes, rolls back)",
-                &mut c(&[
-                    "test",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "qemu-tests",
-                    "--test",
-                    "ab_update",
-                    "--",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ]),
-            ),
-        ));
+        // The run must stay well inside CI's 90 minutes: on a machine so
+        // slow that the tiers before took over AB_BUDGET, say so and leave
+        // the A/B scenario to `cargo test --release -p qemu-tests --test
+        // ab_update -- --ignored`.
+        let used = run_start.elapsed();
+        if used > AB_BUDGET {
+            eprintln!(
+                "\n=== tier: qemu-ab SKIPPED: the tiers before it took {} min (budget {} min) and the A/B scenario needs ~25 more; run it alone with: cargo test --release -p qemu-tests --test ab_update -- --ignored --nocapture",
+                used.as_secs() / 60,
+                AB_BUDGET.as_secs() / 60
+            );
+        } else {
+            results.push((
+                "qemu-ab",
+                tier(
+                    "qemu-ab (slow: a disk node updates A→B, refuses bad bytes, rolls back)",
+                    &mut c(&[
+                        "test",
+                        "--release",
+                        "--locked",
+                        "-p",
+                        "qemu-tests",
+                        "--test",
+                        "ab_update",
+                        "--",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ]),
+                ),
+            ));
+        }
     }
     let passed = results.iter().filter(|(_, ok)| *ok).count();
     let failed = results.len() - passed;

@@ -81,6 +81,10 @@ pub struct OsUpdate {
     install: Option<tokio::task::JoinHandle<Result<Installed, String>>>,
     retry_after: u64,
     failures: u32,
+    /// The version whose install failed last (the backoff applies to it; a
+    /// new version named in Git is tried at once).
+    failed_version: Option<OsVersion>,
+    installing: Option<OsVersion>,
     systemd: Option<host::Systemd>,
     status_line: Option<String>,
     reported_boot: bool,
@@ -120,10 +124,22 @@ impl OsUpdate {
             install: None,
             retry_after: 0,
             failures: 0,
+            failed_version: None,
+            installing: None,
             systemd: None,
             status_line: None,
             reported_boot: false,
         }
+    }
+
+    /// This boot runs a slot on trial (the health gate has not decided):
+    /// the node is still cordoned, so workloads are not waited for.
+    pub fn on_trial(&self) -> bool {
+        let (Some(booted), Ok(mut state)) = (&self.booted, self.store.load()) else {
+            return false;
+        };
+        // also before the first step of this boot has noted it
+        matches!(state.phase, Phase::BootedUnverified { .. }) || state.note_booted(booted, 0, 0)
     }
 
     async fn systemd(&mut self) -> Result<&host::Systemd, String> {
@@ -342,7 +358,11 @@ impl OsUpdate {
                 self.event(ctx, "Normal", "OsUpdateInstalled", &msg).await;
             }
             Err(e) => {
+                if self.failed_version != self.installing {
+                    self.failures = 0;
+                }
                 self.failures += 1;
+                self.failed_version = self.installing.clone();
                 let wait = backoff_seconds(self.failures);
                 self.retry_after = host::now_unix() + wait;
                 self.event(ctx, "Warning", "OsUpdateRefused", &e).await;
@@ -354,7 +374,7 @@ impl OsUpdate {
     }
 
     async fn start_install(&mut self, ctx: &Ctx<'_>, booted: &Booted, desired: OsVersion) {
-        if host::now_unix() < self.retry_after {
+        if host::now_unix() < self.retry_after && self.failed_version.as_ref() == Some(&desired) {
             return;
         }
         let Some(tuf) = self.tuf.clone() else {
@@ -387,6 +407,7 @@ impl OsUpdate {
             ),
         )
         .await;
+        self.installing = Some(desired.clone());
         self.install = Some(tokio::task::spawn_blocking(move || {
             install(&tuf, &store, current, v)
         }));
@@ -397,20 +418,28 @@ impl OsUpdate {
         let Some(policy) = ctx.policy else {
             return HealthGate::Pending;
         };
+        // every unit first: one that cannot start fails the gate at once,
+        // even while another is still starting
+        let mut units_pending = false;
         for unit in &policy.checks.units {
             let st = match self.systemd().await {
                 Ok(sd) => sd.unit(unit).await,
                 Err(e) => Err(e),
             };
-            match st.and_then(|s| s.verdict(unit)) {
-                Ok(true) => {}
-                Ok(false) => return HealthGate::Pending,
-                Err(why) if why.contains("D-Bus") => {
-                    log::warn!("health gate: {why}");
-                    return HealthGate::Pending;
+            match st {
+                Err(e) => {
+                    log::warn!("health gate: {e}");
+                    units_pending = true;
                 }
-                Err(why) => return HealthGate::Failed(why),
+                Ok(st) => match st.verdict(unit) {
+                    Ok(true) => {}
+                    Ok(false) => units_pending = true,
+                    Err(why) => return HealthGate::Failed(why),
+                },
             }
+        }
+        if units_pending {
+            return HealthGate::Pending;
         }
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         let node = match nodes.get_opt(ctx.node).await {

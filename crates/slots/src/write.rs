@@ -163,7 +163,7 @@ pub enum WriteError {
         len: u64,
     },
     /// Reading the source failed.
-    #[error("reading the image for {target} failed after {offset} bytes: {source}; the download was interrupted, retry")]
+    #[error("reading the image for {target} failed after {offset} bytes: {source}; {}", if source.kind() == io::ErrorKind::InvalidData { "the download failed verification (tampered or corrupt), the slot stays invalid" } else { "the download was interrupted, retry" })]
     SourceRead {
         /// The partition being written.
         target: String,
