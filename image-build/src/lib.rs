@@ -11,6 +11,7 @@
 //! - [`disk`]: disk mode: the dm-verity hash tree, one UKI per slot and
 //!   version, and the GPT disk image (`cairn-image disk`).
 
+pub mod cli;
 pub mod cpio;
 pub mod disk;
 pub mod initramfs;
@@ -192,4 +193,56 @@ pub fn build_image(inp: &BuildInputs) -> Result<Built> {
         kernel_release: rootfs.kernel_release.clone(),
         version: inp.version.to_string(),
     })
+}
+
+/// How `cairn-image disk` gets the image it lays out: an existing build
+/// directory, or a fresh build from these inputs.
+#[derive(Debug, Clone, Default)]
+pub struct DiskImageSource {
+    pub from: Option<PathBuf>,
+    pub kube_bin: Option<PathBuf>,
+    pub init: Option<PathBuf>,
+    pub bins: Vec<PathBuf>,
+    pub allowed_signers: Option<PathBuf>,
+    pub tuf_root: Option<PathBuf>,
+    pub repo: Option<PathBuf>,
+}
+
+/// `cairn-image disk`: build (or reuse) the image of `version`, then the
+/// GPT disk in `out`.
+pub fn disk_command(
+    version: &str,
+    src: DiskImageSource,
+    sizes: disk::DiskSizes,
+    config: Option<&Path>,
+    out: &Path,
+) -> Result<disk::DiskBuilt> {
+    let os_version = cairn_slots::OsVersion::new(version)
+        .map_err(|e| ImageError::Invalid(format!("--version {version:?}: {e}")))?;
+    let built_dir = match src.from {
+        Some(dir) => dir,
+        None => {
+            let need = |o: Option<PathBuf>, flag: &str| {
+                o.ok_or_else(|| ImageError::Invalid(format!("{flag} is required without --from")))
+            };
+            if src.bins.is_empty() {
+                return Err(ImageError::Invalid(
+                    "--bin is required without --from".into(),
+                ));
+            }
+            let repo = src.repo.unwrap_or_else(default_repo_root);
+            build_image(&BuildInputs {
+                repo_root: &repo,
+                out,
+                version,
+                kube_bin: &need(src.kube_bin, "--kube-bin")?,
+                init_binary: &need(src.init, "--init")?,
+                cairn_bins: src.bins,
+                allowed_signers: &need(src.allowed_signers, "--allowed-signers")?,
+                tuf_root: src.tuf_root.as_deref(),
+            })?;
+            out.to_path_buf()
+        }
+    };
+    disk::build_disk_from_image_dir(&os_version, &built_dir, sizes, config, out)
 }

@@ -50,6 +50,29 @@ pub struct Released {
     pub files: Vec<PathBuf>,
 }
 
+/// `cairn-image release`: parse the version, default the work directory to
+/// `FROM/release-VERSION`, release.
+pub fn release_command(
+    repo: &Path,
+    keys: Option<&Path>,
+    from: &Path,
+    version: &str,
+    kernel_args: &[String],
+    work: Option<&Path>,
+) -> Result<Released> {
+    let v = OsVersion::new(version)
+        .map_err(|e| ImageError::Invalid(format!("--version {version:?}: {e}")))?;
+    let default_work = from.join(format!("release-{version}"));
+    release(&ReleaseInputs {
+        repo,
+        keys,
+        version: &v,
+        from,
+        extra_cmdline: kernel_args,
+        work: work.unwrap_or(&default_work),
+    })
+}
+
 /// Build the hash tree and both UKIs, add the four targets, sign.
 pub fn release(inp: &ReleaseInputs) -> Result<Released> {
     let rootfs = inp.from.join("rootfs.erofs");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cluster::Cluster;
-use crate::demo::{NODE, POLL_SECONDS};
+use crate::demo::NODE;
 use crate::fleet::FleetRepo;
 use crate::guest::{Guest, GuestSpec};
 use crate::servers::{free_port, GitDaemon, HttpServer};
@@ -201,51 +201,23 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
 
     let api_port = free_port()?;
     let config = out.join("config");
-    if config.exists() {
-        std::fs::remove_dir_all(&config)?;
-    }
-    let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {
-        node_name: NODE,
-        api_sans: &["10.0.2.15".into(), "10.0.2.2".into()],
-    })?;
-    cairn_image::pki::write_node_tree(&pki, &config)?;
-    let agent_cfg = cairn_agent::AgentConfig {
-        source: cairn_agent::config::SourceSettings {
-            url: format!("git://10.0.2.2:{}/fleet.git", git.port),
-            branch: "main".into(),
-            interval_seconds: POLL_SECONDS,
-        },
-        kubeconfig: "/etc/cairn/agent.kubeconfig".into(),
-        trust: "/run/cairn/trust/allowed_signers".into(),
-        state_dir: "/var/lib/cairn".into(),
-        node_name: None,
-        policies: "/usr/share/cairn/policies".into(),
-        update: Some(cairn_agent::config::UpdateSettings {
+    let admin_kubeconfig = out.join("admin.kubeconfig");
+    crate::demo::node_config(
+        &config,
+        &admin_kubeconfig,
+        git.port,
+        api_port,
+        Some(cairn_agent::config::UpdateSettings {
             metadata_url: format!("http://10.0.2.2:{}/metadata", http.port),
             targets_url: format!("http://10.0.2.2:{}/targets", http.port),
             trusted_root: "/etc/cairn/tuf-root.json".into(),
         }),
-    };
-    std::fs::create_dir_all(config.join("etc/cairn"))?;
-    std::fs::write(
-        config.join("etc/cairn/agent.yaml"),
-        serde_yaml::to_string(&agent_cfg)?,
     )?;
     std::fs::copy(
         www.join("metadata/1.root.json"),
         config.join("etc/cairn/tuf-root.json"),
     )?;
     std::fs::write(config.join("etc/hostname"), format!("{NODE}\n"))?;
-    let admin_kubeconfig = out.join("admin.kubeconfig");
-    std::fs::write(
-        &admin_kubeconfig,
-        cairn_image::pki::kubeconfig(
-            &format!("https://127.0.0.1:{api_port}"),
-            &pki.ca.cert,
-            &pki.admin,
-            "admin",
-        ),
-    )?;
     let disk_dir = out.join("disk");
     let base = cairn_slots::OsVersion::new(BASE)?;
     let disk = cairn_image::disk::build_disk_from_image_dir(

@@ -113,43 +113,9 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         std::os::unix::fs::symlink(std::fs::canonicalize(src)?, pxe.join(name))?;
     }
     let config = out.join("config");
-    if config.exists() {
-        std::fs::remove_dir_all(&config)?;
-    }
-    let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {
-        node_name: NODE,
-        api_sans: &["10.0.2.15".into(), "10.0.2.2".into()],
-    })?;
-    cairn_image::pki::write_node_tree(&pki, &config)?;
-    let agent_cfg = cairn_agent::AgentConfig {
-        source: cairn_agent::config::SourceSettings {
-            url: format!("git://10.0.2.2:{}/fleet.git", git.port),
-            branch: "main".into(),
-            interval_seconds: POLL_SECONDS,
-        },
-        kubeconfig: "/etc/cairn/agent.kubeconfig".into(),
-        trust: "/run/cairn/trust/allowed_signers".into(),
-        state_dir: "/var/lib/cairn".into(),
-        node_name: None,
-        policies: "/usr/share/cairn/policies".into(),
-        update: None,
-    };
-    std::fs::create_dir_all(config.join("etc/cairn"))?;
-    std::fs::write(
-        config.join("etc/cairn/agent.yaml"),
-        serde_yaml::to_string(&agent_cfg)?,
-    )?;
-    cairn_image::pxe::config_initrd(&config, &pxe.join("config-node1.cpio"))?;
     let admin_kubeconfig = out.join("admin.kubeconfig");
-    std::fs::write(
-        &admin_kubeconfig,
-        cairn_image::pki::kubeconfig(
-            &format!("https://127.0.0.1:{api_port}"),
-            &pki.ca.cert,
-            &pki.admin,
-            "admin",
-        ),
-    )?;
+    node_config(&config, &admin_kubeconfig, git.port, api_port, None)?;
+    cairn_image::pxe::config_initrd(&config, &pxe.join("config-node1.cpio"))?;
     let http = HttpServer::start(&pxe)?;
     std::fs::write(
         pxe.join("boot.ipxe"),
@@ -272,6 +238,55 @@ pub fn run(headless: bool, out: Option<PathBuf>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("stopping the node");
+    Ok(())
+}
+
+/// Write node [`NODE`]'s configuration tree into `config` (a fresh cluster
+/// PKI, kubeconfigs, `etc/cairn/agent.yaml` polling the fleet repository on
+/// the host's `git_port`, optionally with an update repository) and the
+/// host's admin kubeconfig for the API server forwarded to `api_port`.
+pub fn node_config(
+    config: &Path,
+    admin_kubeconfig: &Path,
+    git_port: u16,
+    api_port: u16,
+    update: Option<cairn_agent::config::UpdateSettings>,
+) -> Result<()> {
+    if config.exists() {
+        std::fs::remove_dir_all(config)?;
+    }
+    let pki = cairn_image::pki::generate(&cairn_image::pki::PkiSpec {
+        node_name: NODE,
+        api_sans: &["10.0.2.15".into(), "10.0.2.2".into()],
+    })?;
+    cairn_image::pki::write_node_tree(&pki, config)?;
+    let agent_cfg = cairn_agent::AgentConfig {
+        source: cairn_agent::config::SourceSettings {
+            url: format!("git://10.0.2.2:{git_port}/fleet.git"),
+            branch: "main".into(),
+            interval_seconds: POLL_SECONDS,
+        },
+        kubeconfig: "/etc/cairn/agent.kubeconfig".into(),
+        trust: "/run/cairn/trust/allowed_signers".into(),
+        state_dir: "/var/lib/cairn".into(),
+        node_name: None,
+        policies: "/usr/share/cairn/policies".into(),
+        update,
+    };
+    std::fs::create_dir_all(config.join("etc/cairn"))?;
+    std::fs::write(
+        config.join("etc/cairn/agent.yaml"),
+        serde_yaml::to_string(&agent_cfg)?,
+    )?;
+    std::fs::write(
+        admin_kubeconfig,
+        cairn_image::pki::kubeconfig(
+            &format!("https://127.0.0.1:{api_port}"),
+            &pki.ca.cert,
+            &pki.admin,
+            "admin",
+        ),
+    )?;
     Ok(())
 }
 
