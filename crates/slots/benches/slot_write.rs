@@ -10,7 +10,7 @@
 //!   and fsyncs (its separate read-back check is timed and printed too).
 //!
 //! The goal: the one pass at ≥ 0.9× the raw copy's throughput. The
-//! bench asserts ≥ 0.6× (these machines vary ±50 % run to run; the runner
+//! bench asserts ≥ 0.8× (these machines vary ±50 % run to run; the runner
 //! measures a miss once more) and prints the goal as met or not.
 //!
 //! `cargo bench -p cairn-slots --bench slot_write`.
@@ -25,7 +25,7 @@ use cairn_slots::{write_image, Expected};
 const MIB: usize = 1 << 20;
 const SIZE: usize = 512 * MIB;
 const GOAL: f64 = 0.9;
-const FLOOR: f64 = 0.6;
+const FLOOR: f64 = 0.8;
 
 fn noise(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
