@@ -77,6 +77,7 @@ pub const ENABLE: &[(&str, &str)] = &[
     ("kube-scheduler.service", "multi-user.target.wants"),
     ("kubelet.service", "multi-user.target.wants"),
     ("cairn-agent.service", "multi-user.target.wants"),
+    ("cairn-trial-watchdog.service", "multi-user.target.wants"),
 ];
 
 /// Units masked: no login prompts on a node, nothing that expects a package manager.
@@ -273,6 +274,7 @@ mod tests {
             "kube-scheduler.service",
             "kubelet.service",
             "cairn-agent.service",
+            "cairn-trial-watchdog.service",
         ];
         for u in ours {
             let shipped = root.join("usr/lib/systemd/system").join(u).exists()

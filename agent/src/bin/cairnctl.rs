@@ -98,6 +98,20 @@ enum UpdateCmd {
         #[arg(long, default_value = "/var/lib/cairn")]
         state_dir: PathBuf,
     },
+    /// Guard a slot on trial independently of the agent: if the health gate
+    /// is still undecided GRACE seconds after its deadline (or was never
+    /// started UNNOTED seconds after boot), mark the slot bad and reboot.
+    /// Runs from boot as cairn-trial-watchdog.service; exits when nothing
+    /// is on trial.
+    Watchdog {
+        /// The agent's configuration (its stateDir is where the state is).
+        #[arg(long, default_value = "/etc/cairn/agent.yaml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        grace: u64,
+        #[arg(long, default_value_t = 1800)]
+        unnoted: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +219,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 std::path::Path::new("/sys/firmware/efi/efivars"),
             )?;
             print!("{st}");
+        }
+        Cmd::Update {
+            cmd:
+                UpdateCmd::Watchdog {
+                    config,
+                    grace,
+                    unnoted,
+                },
+        } => {
+            let cfg = cairn_agent::AgentConfig::load(&config).map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                cairn_agent::os::watchdog(&cfg.state_dir, grace, unnoted)?
+            )
         }
         Cmd::Update {
             cmd: UpdateCmd::Unblock { state_dir },

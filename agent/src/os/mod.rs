@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use cairn_render::UpdatePolicy;
 use cairn_slots::plan::{plan_install, run_plan, LayoutDisk, RunReport, Seams};
-use cairn_slots::state::{Admission, StateStore};
+use cairn_slots::state::{after_failure, Admission, AfterFailure, StateStore};
 use cairn_slots::{
     apply_post_boot, decide_after_boot, Booted, DirEsp, HealthGate, OsVersion, Phase,
     PostBootAction,
@@ -88,6 +88,8 @@ pub struct OsUpdate {
     systemd: Option<host::Systemd>,
     status_line: Option<String>,
     reported_boot: bool,
+    /// When this boot last asked to reboot away from a failed slot.
+    left_at: Option<Instant>,
 }
 
 /// A finished install.
@@ -129,6 +131,7 @@ impl OsUpdate {
             systemd: None,
             status_line: None,
             reported_boot: false,
+            left_at: None,
         }
     }
 
@@ -214,6 +217,47 @@ impl OsUpdate {
             return;
         }
 
+        // 1b. still running a slot this agent marked bad
+        match after_failure(&booted, &state) {
+            AfterFailure::NotOnIt => {}
+            AfterFailure::RebootAgain { slot, version } => {
+                // The reboot did not happen (logind refused, the call was
+                // lost): ask again, at most once a minute.
+                if self
+                    .left_at
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    self.left_at = Some(Instant::now());
+                    self.say(
+                        ctx,
+                        format!(
+                            "{version} in slot {slot} failed; rebooting into slot {} (again)",
+                            slot.other()
+                        ),
+                    )
+                    .await;
+                    self.do_reboot(ctx).await;
+                }
+                return;
+            }
+            AfterFailure::Stuck { slot, version } => {
+                // The machine rebooted and came back here: the other slot
+                // did not boot. Rebooting again would loop. The node stays
+                // cordoned and keeps its reboot Lease (the rollout halts)
+                // until an operator looks.
+                let line = format!(
+                    "{version} in slot {slot} failed its health gate, and slot {} did not boot after the reboot away from it; running {version} cordoned — repair slot {} or publish a fixed version",
+                    slot.other(),
+                    slot.other()
+                );
+                if self.status_line.as_deref() != Some(line.as_str()) {
+                    self.event(ctx, "Warning", "OsUpdateStuck", &line).await;
+                }
+                self.say(ctx, line).await;
+                return;
+            }
+        }
+
         // 2. a new slot on trial
         if state.phase.is_trial() {
             let gate = if matches!(state.phase, Phase::BootedUnverified { .. }) {
@@ -223,7 +267,7 @@ impl OsUpdate {
             };
             let action = decide_after_boot(&booted, &state, &gate, now);
             if action != PostBootAction::Nothing {
-                self.post_boot(ctx, &action).await;
+                self.post_boot(ctx, &booted, &action).await;
                 return;
             }
             if let (Phase::BootedUnverified { deadline_unix, .. }, HealthGate::Pending) =
@@ -476,13 +520,14 @@ impl OsUpdate {
         HealthGate::Ok
     }
 
-    async fn post_boot(&mut self, ctx: &Ctx<'_>, action: &PostBootAction) {
+    async fn post_boot(&mut self, ctx: &Ctx<'_>, booted: &Booted, action: &PostBootAction) {
         let store = self.store.clone();
         let a = action.clone();
+        let b = booted.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<bool, String> {
             let (_, layout) = host::find_disk("/sys/class/block".as_ref(), "/dev".as_ref())?;
             let esp = host::mount_esp(&layout)?;
-            apply_post_boot(&a, &mut DirEsp::new(esp), &store)
+            apply_post_boot(&a, &b, &mut DirEsp::new(esp), &store)
                 .map(|o| o.reboot)
                 .map_err(|e| e.to_string())
         })
@@ -538,6 +583,7 @@ impl OsUpdate {
             PostBootAction::Nothing => {}
         }
         if reboot {
+            self.left_at = Some(Instant::now());
             self.do_reboot(ctx).await;
         }
     }
@@ -677,8 +723,9 @@ impl OsUpdate {
                 return;
             }
         };
+        let gate_secs = policy.health_timeout_seconds().ok();
         if let Err(e) = state
-            .request_reboot(&boot_id)
+            .request_reboot_gated(&boot_id, gate_secs)
             .map_err(|e| e.to_string())
             .and_then(|_| self.store.save(&state).map_err(|e| e.to_string()))
         {
@@ -811,6 +858,66 @@ pub fn status_report(
         booted: booted.as_ref(),
         now_unix: host::now_unix(),
     }))
+}
+
+/// `cairnctl update watchdog`: the trial's guard that does not depend on
+/// the agent. Runs from boot (`cairn-trial-watchdog.service`); while the
+/// running slot is on trial it waits, re-reading the state at least once a
+/// minute, and if the agent has not decided by the health gate's deadline
+/// plus `grace` (or has not even started the gate `unnoted` seconds after
+/// boot — it cannot run on this slot), marks the slot bad and reboots into
+/// the other one. Returns what it did.
+pub fn watchdog(state_dir: &std::path::Path, grace: u64, unnoted: u64) -> Result<String, String> {
+    let Some(booted) = host::booted()? else {
+        return Ok(
+            "not a disk boot (no cairn.slot= on the kernel command line): nothing to guard".into(),
+        );
+    };
+    let boot_unix = host::boot_time_unix().ok_or("no btime in /proc/stat")?;
+    let store = StateStore::new(state_dir.join("update"));
+    loop {
+        let state = store.load().map_err(|e| e.to_string())?;
+        let now = host::now_unix();
+        match cairn_slots::state::watchdog(&booted, &state, boot_unix, now, grace, unnoted) {
+            cairn_slots::state::Watchdog::Done => {
+                return Ok(format!(
+                    "slot {} ({}) is not on trial ({}): nothing to guard",
+                    booted.slot,
+                    booted.version,
+                    state.phase.name()
+                ))
+            }
+            cairn_slots::state::Watchdog::Wait(at) => {
+                let secs = at.saturating_sub(now).clamp(1, 60);
+                std::thread::sleep(Duration::from_secs(secs));
+            }
+            cairn_slots::state::Watchdog::Fire {
+                slot,
+                version,
+                reason,
+            } => {
+                let reason = format!("trial watchdog: {reason}");
+                log::error!(
+                    "{version} in slot {slot}: {reason}; marking it bad and rebooting into slot {}",
+                    slot.other()
+                );
+                let (_, layout) = host::find_disk("/sys/class/block".as_ref(), "/dev".as_ref())?;
+                let esp = host::mount_esp(&layout)?;
+                let action = PostBootAction::MarkBadAndReboot {
+                    slot,
+                    version: version.clone(),
+                    reason: reason.clone(),
+                };
+                apply_post_boot(&action, &booted, &mut DirEsp::new(esp), &store)
+                    .map_err(|e| e.to_string())?;
+                host::systemctl_reboot()?;
+                return Ok(format!(
+                    "{version} in slot {slot}: {reason}; marked bad, rebooting into slot {}",
+                    slot.other()
+                ));
+            }
+        }
+    }
 }
 
 /// `cairnctl update unblock`: forget a failed version so the agent tries it

@@ -38,7 +38,7 @@ use crate::entry::{trial_default_pattern, EntryName, EntryState};
 use crate::esp::{self, listing, Esp, EspError};
 use crate::layout::DiskLayout;
 use crate::slot::{Expected, OsVersion, Slot};
-use crate::state::{Phase, PostBootAction, StateError, StateStore, UpdateState};
+use crate::state::{Booted, Phase, PostBootAction, StateError, StateStore, UpdateState};
 use crate::write::{self, BlockTarget, PartitionFile, WriteError, WriteReport};
 
 /// One step of an install.
@@ -634,6 +634,7 @@ pub struct PostBootOutcome {
 /// crash in the middle is finished by deciding and applying again).
 pub fn apply_post_boot(
     action: &PostBootAction,
+    booted: &Booted,
     esp: &mut dyn Esp,
     store: &StateStore,
 ) -> Result<PostBootOutcome, PlanError> {
@@ -656,7 +657,7 @@ pub fn apply_post_boot(
         } => {
             mark_slot_bad(esp, *slot, version)?;
             if !state.phase.is_settled() {
-                state.fail(reason)?;
+                state.fail_and_leave(reason, &booted.boot_id)?;
                 store.save(&state)?;
             }
             log::warn!(
@@ -1042,7 +1043,7 @@ mod tests {
                     version: v(new)
                 }
             );
-            let out = apply_post_boot(&action, &mut m.esp, &m.store).unwrap();
+            let out = apply_post_boot(&action, &b, &mut m.esp, &m.store).unwrap();
             assert!(!out.reboot);
             assert_eq!(
                 out.state.phase,
@@ -1070,7 +1071,7 @@ mod tests {
             }
             // Applying the same action again changes nothing.
             let before = m.esp.files.clone();
-            apply_post_boot(&action, &mut m.esp, &m.store).unwrap();
+            apply_post_boot(&action, &b, &mut m.esp, &m.store).unwrap();
             assert_eq!(m.esp.files, before);
         }
     }
@@ -1116,7 +1117,7 @@ mod tests {
                     booted: Slot::A
                 }
             );
-            let out = apply_post_boot(&action, &mut m.esp, &m.store).unwrap();
+            let out = apply_post_boot(&action, &b, &mut m.esp, &m.store).unwrap();
             assert!(!out.reboot);
             assert!(
                 matches!(&out.state.phase, Phase::Failed { reason, .. } if reason.contains("fell back to slot a"))
@@ -1160,14 +1161,44 @@ mod tests {
         s.note_booted(&b, 0, 10);
         m.store.save(&s).unwrap();
         let action = decide_after_boot(&b, &s, &HealthGate::Failed("node NotReady".into()), 5);
-        let out = apply_post_boot(&action, &mut m.esp, &m.store).unwrap();
+        let out = apply_post_boot(&action, &b, &mut m.esp, &m.store).unwrap();
         assert!(out.reboot);
         assert!(m.esp.files.contains_key("cairn-b-1.4.0+0-1.efi"));
         assert_eq!(m.boot().file_name(), "cairn-a-1.3.0.efi");
         assert_eq!(
-            out.state.blocked.unwrap().reason,
+            out.state.blocked.as_ref().unwrap().reason,
             "health gate failed: node NotReady"
         );
+        // Still on slot b in the same boot: the reboot did not happen, ask
+        // again. Back on b after a reboot: slot a did not boot, stay put.
+        // On slot a: done.
+        use crate::state::{after_failure, AfterFailure};
+        let slot_b = |boot: &str| Booted {
+            boot_id: boot.into(),
+            ..b.clone()
+        };
+        assert_eq!(
+            after_failure(&slot_b("boot-1"), &out.state),
+            AfterFailure::RebootAgain {
+                slot: Slot::B,
+                version: v("1.4.0")
+            }
+        );
+        assert_eq!(
+            after_failure(&slot_b("boot-2"), &out.state),
+            AfterFailure::Stuck {
+                slot: Slot::B,
+                version: v("1.4.0")
+            }
+        );
+        let on_a = Booted {
+            slot: Slot::A,
+            version: v("1.3.0"),
+            boot_id: "boot-2".into(),
+        };
+        assert_eq!(after_failure(&on_a, &out.state), AfterFailure::NotOnIt);
+        // The state file keeps the leaving boot across restarts.
+        assert_eq!(m.store.load().unwrap(), out.state);
     }
 
     /// Crash after every step k (effects done and saved), then after every

@@ -145,6 +145,11 @@ pub enum Phase {
         version: OsVersion,
         /// `/proc/sys/kernel/random/boot_id` of the boot that asked.
         boot_id: String,
+        /// The health gate's time limit in force when the reboot was asked
+        /// for; the trial watchdog counts it from the next boot, in case
+        /// the agent never gets to start the gate there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate_secs: Option<u64>,
     },
     /// Running the new slot; the health gate has until `deadline_unix`.
     BootedUnverified {
@@ -170,6 +175,10 @@ pub enum Phase {
         version: OsVersion,
         /// Why.
         reason: String,
+        /// `boot_id` of the boot (of the failed slot) that marked it bad and
+        /// asked to reboot away from it; see [`after_failure`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left_boot: Option<String>,
     },
 }
 
@@ -379,6 +388,16 @@ impl UpdateState {
 
     /// The agent is about to reboot into the installed slot.
     pub fn request_reboot(&mut self, boot_id: &str) -> Result<(), StateError> {
+        self.request_reboot_gated(boot_id, None)
+    }
+
+    /// The same, recording the health gate's time limit (`gate_secs`) for
+    /// the trial watchdog.
+    pub fn request_reboot_gated(
+        &mut self,
+        boot_id: &str,
+        gate_secs: Option<u64>,
+    ) -> Result<(), StateError> {
         match &self.phase {
             Phase::Installed { slot, version, .. }
             | Phase::RebootRequested { slot, version, .. } => {
@@ -386,6 +405,7 @@ impl UpdateState {
                     slot: *slot,
                     version: version.clone(),
                     boot_id: boot_id.to_string(),
+                    gate_secs,
                 };
                 Ok(())
             }
@@ -403,6 +423,7 @@ impl UpdateState {
                 slot,
                 version,
                 boot_id,
+                ..
             } if *boot_id != booted.boot_id => Some((*slot, version.clone())),
             _ => None,
         };
@@ -457,7 +478,18 @@ impl UpdateState {
             slot,
             version,
             reason: reason.to_string(),
+            left_boot: None,
         };
+        Ok(())
+    }
+
+    /// [`fail`](Self::fail), recorded by the failed slot itself during boot
+    /// `boot_id`, right before it reboots into the other slot.
+    pub fn fail_and_leave(&mut self, reason: &str, boot_id: &str) -> Result<(), StateError> {
+        self.fail(reason)?;
+        if let Phase::Failed { left_boot, .. } = &mut self.phase {
+            *left_boot = Some(boot_id.to_string());
+        }
         Ok(())
     }
 
@@ -555,6 +587,142 @@ pub enum PostBootAction {
     },
     /// Nothing to do (no trial, not rebooted yet, or the gate is pending).
     Nothing,
+}
+
+/// Running a slot the state records as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Not running a failed slot.
+    NotOnIt,
+    /// This very boot marked the slot bad and asked for a reboot that has
+    /// not happened (logind refused, the call was lost): ask again.
+    RebootAgain {
+        /// The failed slot (the one running).
+        slot: Slot,
+        /// Its version.
+        version: OsVersion,
+    },
+    /// The machine did reboot and came back to the failed slot: the other
+    /// slot did not boot either. Rebooting again would loop; stay and say so.
+    Stuck {
+        /// The failed slot (the one running).
+        slot: Slot,
+        /// Its version.
+        version: OsVersion,
+    },
+}
+
+/// Whether the running boot is the failed slot of the last attempt, and
+/// what to do about it.
+pub fn after_failure(booted: &Booted, state: &UpdateState) -> AfterFailure {
+    match &state.phase {
+        Phase::Failed {
+            slot,
+            version,
+            left_boot: Some(left),
+            ..
+        } if *slot == booted.slot && *version == booted.version => {
+            if *left == booted.boot_id {
+                AfterFailure::RebootAgain {
+                    slot: *slot,
+                    version: version.clone(),
+                }
+            } else {
+                AfterFailure::Stuck {
+                    slot: *slot,
+                    version: version.clone(),
+                }
+            }
+        }
+        _ => AfterFailure::NotOnIt,
+    }
+}
+
+/// What the trial watchdog (`cairnctl update watchdog`, a unit that does
+/// not depend on the agent) should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watchdog {
+    /// No trial of the running slot: nothing to guard.
+    Done,
+    /// Check again at this unix time.
+    Wait(u64),
+    /// The trial outlived its deadline with nobody deciding: mark the slot
+    /// bad and reboot.
+    Fire {
+        /// The slot on trial (running).
+        slot: Slot,
+        /// Its version.
+        version: OsVersion,
+        /// Why, for the record.
+        reason: String,
+    },
+}
+
+/// The watchdog's decision. `boot_unix` is when this boot started; the
+/// agent gets `grace` seconds past the health-gate deadline it recorded,
+/// and `unnoted` seconds from boot to record one at all (if it cannot run
+/// on the new slot, it never does).
+pub fn watchdog(
+    booted: &Booted,
+    state: &UpdateState,
+    boot_unix: u64,
+    now_unix: u64,
+    grace: u64,
+    unnoted: u64,
+) -> Watchdog {
+    let (slot, version, fire_at, why) = match &state.phase {
+        Phase::BootedUnverified {
+            slot,
+            version,
+            deadline_unix,
+        } => (
+            *slot,
+            version,
+            deadline_unix.saturating_add(grace),
+            format!(
+                "the health gate was still undecided {grace} s after its deadline (unix time {deadline_unix}): the agent is not deciding"
+            ),
+        ),
+        Phase::RebootRequested {
+            slot,
+            version,
+            gate_secs: Some(gate),
+            ..
+        } => (
+            *slot,
+            version,
+            boot_unix.saturating_add(*gate).saturating_add(grace),
+            format!(
+                "the agent did not start the health gate ({gate} s from boot, + {grace} s grace)"
+            ),
+        ),
+        Phase::Installed { slot, version, .. } | Phase::RebootRequested { slot, version, .. } => (
+            *slot,
+            version,
+            boot_unix.saturating_add(unnoted),
+            format!("the agent did not start the health gate within {unnoted} s of boot"),
+        ),
+        _ => return Watchdog::Done,
+    };
+    // The new slot must be the one running (else the old slot runs: the
+    // reboot is still to come, or boot counting fell back already).
+    if booted.slot != slot || booted.version != *version {
+        return Watchdog::Done;
+    }
+    if let Phase::RebootRequested { boot_id, .. } = &state.phase {
+        if *boot_id == booted.boot_id {
+            return Watchdog::Done;
+        }
+    }
+    if now_unix >= fire_at {
+        Watchdog::Fire {
+            slot,
+            version: version.clone(),
+            reason: why,
+        }
+    } else {
+        Watchdog::Wait(fire_at)
+    }
 }
 
 /// The post-boot decision: a pure function of what booted, the persisted
@@ -774,6 +942,7 @@ mod tests {
             slot: Slot::B,
             version: v("1.3.0"),
             boot_id: "before".into(),
+            gate_secs: None,
         };
         let installed = Phase::Installed {
             slot: Slot::B,
@@ -960,6 +1129,7 @@ mod tests {
             slot: Slot::B,
             version: v("1.3.0"),
             boot_id: "same".into(),
+            gate_secs: Some(900),
         });
         assert!(!s.note_booted(&booted(Slot::B, "1.3.0", "same"), 1, 1));
         assert!(s.bless().is_ok());
@@ -1013,5 +1183,107 @@ mod tests {
             store.load().unwrap_err(),
             StateError::Schema { found: 9, .. }
         ));
+    }
+
+    #[test]
+    fn watchdog_fires_only_for_an_undecided_trial_of_the_running_slot() {
+        let b = |slot: Slot, ver: &str, boot: &str| Booted {
+            slot,
+            version: v(ver),
+            boot_id: boot.into(),
+        };
+        let new = b(Slot::B, "2.0", "boot-1");
+        let with = |phase: Phase| UpdateState {
+            phase,
+            ..Default::default()
+        };
+        // The agent noted the boot: it has the deadline plus the grace.
+        let noted = with(Phase::BootedUnverified {
+            slot: Slot::B,
+            version: v("2.0"),
+            deadline_unix: 1900,
+        });
+        assert_eq!(
+            watchdog(&new, &noted, 1000, 1500, 300, 1800),
+            Watchdog::Wait(2200)
+        );
+        match watchdog(&new, &noted, 1000, 2200, 300, 1800) {
+            Watchdog::Fire {
+                slot,
+                version,
+                reason,
+            } => {
+                assert_eq!((slot, version), (Slot::B, v("2.0")));
+                assert!(
+                    reason.contains("still undecided 300 s after its deadline"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The agent never ran on the new slot: from boot, `unnoted` seconds.
+        let requested = with(Phase::RebootRequested {
+            slot: Slot::B,
+            version: v("2.0"),
+            boot_id: "boot-0".into(),
+            gate_secs: None,
+        });
+        assert_eq!(
+            watchdog(&new, &requested, 1000, 1001, 300, 1800),
+            Watchdog::Wait(2800)
+        );
+        assert!(matches!(
+            watchdog(&new, &requested, 1000, 2800, 300, 1800),
+            Watchdog::Fire { reason, .. } if reason.contains("did not start the health gate within 1800 s")
+        ));
+        // With the gate's limit recorded at the reboot request, that limit
+        // (+ grace) counts from boot.
+        let gated = with(Phase::RebootRequested {
+            slot: Slot::B,
+            version: v("2.0"),
+            boot_id: "boot-0".into(),
+            gate_secs: Some(600),
+        });
+        assert_eq!(
+            watchdog(&new, &gated, 1000, 1001, 300, 1800),
+            Watchdog::Wait(1900)
+        );
+        assert!(matches!(
+            watchdog(&new, &gated, 1000, 1900, 300, 1800),
+            Watchdog::Fire { reason, .. } if reason.contains("600 s from boot, + 300 s grace")
+        ));
+        // Still the boot that asked for the reboot, or the old slot running
+        // (boot counting fell back), or another version in the slot, or
+        // nothing on trial: nothing to guard.
+        let old_boot = b(Slot::A, "1.0", "boot-0");
+        assert_eq!(
+            watchdog(&old_boot, &requested, 0, 9999, 300, 1800),
+            Watchdog::Done
+        );
+        let same_boot = b(Slot::B, "2.0", "boot-0");
+        assert_eq!(
+            watchdog(&same_boot, &requested, 0, 9999, 300, 1800),
+            Watchdog::Done
+        );
+        assert_eq!(
+            watchdog(&b(Slot::A, "1.0", "boot-1"), &noted, 0, 9999, 300, 1800),
+            Watchdog::Done
+        );
+        assert_eq!(
+            watchdog(&b(Slot::B, "1.9", "boot-1"), &noted, 0, 9999, 300, 1800),
+            Watchdog::Done
+        );
+        for settled in [
+            Phase::Idle,
+            Phase::Blessed {
+                slot: Slot::B,
+                version: v("2.0"),
+            },
+        ] {
+            assert_eq!(
+                watchdog(&new, &with(settled), 0, 9999, 300, 1800),
+                Watchdog::Done
+            );
+        }
     }
 }

@@ -299,6 +299,7 @@ last result: 1.0.9 in slot b failed: health gate failed: node NotReady
                 slot: Slot::B,
                 version: v("1.4.0"),
                 reason: "systemd-boot fell back to slot a".into(),
+                left_boot: None,
             },
             blocked: Some(Blocked {
                 version: v("1.4.0"),
