@@ -120,6 +120,14 @@ pub enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Pack a published TUF repository's metadata (WWW/metadata of `tuf
+    /// publish`) as the initrd a PXE boot verifies its rootfs against.
+    TufInitrd {
+        #[arg(long)]
+        metadata: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Run one subcommand.
@@ -217,6 +225,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Tuf(c) => c.run()?,
         Cmd::ConfigInitrd { tree, out } => {
             crate::pxe::config_initrd(&tree, &out)?;
+            println!("{}", out.display());
+        }
+        Cmd::TufInitrd { metadata, out } => {
+            crate::pxe::tuf_initrd(&metadata, &out)?;
             println!("{}", out.display());
         }
     }

@@ -131,3 +131,30 @@ pub fn release(inp: &ReleaseInputs) -> Result<Released> {
         files,
     })
 }
+
+/// Sign only `version`'s root filesystem target, as an entry (the repository
+/// does not store the file). For PXE fleets: the rootfs travels inside
+/// `rootfs.cpio` from the boot server and stage 1 checks it against this
+/// target; an A/B update to the version still needs a full [`release`].
+/// Returns the target name.
+pub fn sign_rootfs(
+    repo: &Path,
+    keys: Option<&Path>,
+    version: &OsVersion,
+    rootfs: &Path,
+) -> Result<String> {
+    let (sha256, len) = crate::sha256_file(rootfs)?;
+    let mut r = Repository::open(repo, keys, SystemTime::now())
+        .map_err(|e| ImageError::Invalid(format!("TUF repository {}: {e}", repo.display())))?;
+    let name = target_name(version, Artifact::Root);
+    let tn = TargetName::new(&name).map_err(|e| ImageError::Invalid(e.to_string()))?;
+    let custom = image_custom(&ImageMetadata {
+        version: Some(version.as_str().to_string()),
+        ..Default::default()
+    });
+    r.add_target_entry(&tn, len, &sha256, Some(custom))
+        .map_err(|e| ImageError::Invalid(format!("adding {name}: {e}")))?;
+    r.sign(&[])
+        .map_err(|e| ImageError::Invalid(format!("signing: {e}")))?;
+    Ok(name)
+}

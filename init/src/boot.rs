@@ -113,26 +113,63 @@ pub fn load_modules(
     Ok(order.len())
 }
 
-/// Check the rootfs image against the manifest: exact size, then sha256.
-pub fn verify_rootfs(sys: &mut dyn Sys, manifest: &Manifest) -> Result<(), InitError> {
-    let r = &manifest.rootfs;
-    if !sys.exists(&r.path) {
+/// What the rootfs must be, and who says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsExpectation {
+    /// Exact length in bytes.
+    pub size: u64,
+    /// Lower-case hex sha256.
+    pub sha256: String,
+    /// Who vouches, for messages ("the signed TUF target …").
+    pub source: String,
+}
+
+/// The expectation: the signed TUF target of this version when the
+/// initramfs trusts a TUF root, else the image manifest (a development
+/// image built without `--tuf-root`; said on the console).
+pub fn rootfs_expectation(
+    sys: &mut dyn Sys,
+    manifest: &Manifest,
+) -> Result<RootfsExpectation, InitError> {
+    Ok(match sys.signed_rootfs(&manifest.version)? {
+        Some(t) => RootfsExpectation {
+            size: t.length,
+            sha256: t.sha256,
+            source: format!(
+                "the signed TUF target {} (targets v{}, root v{})",
+                t.target, t.targets_version, t.root_version
+            ),
+        },
+        None => RootfsExpectation {
+            size: manifest.rootfs.size,
+            sha256: manifest.rootfs.sha256.clone(),
+            source: "the image manifest (no TUF root in the initramfs: not signed)".into(),
+        },
+    })
+}
+
+/// Check the rootfs image: exact size, then sha256.
+pub fn verify_rootfs(
+    sys: &mut dyn Sys,
+    path: &str,
+    want: &RootfsExpectation,
+) -> Result<(), InitError> {
+    if !sys.exists(path) {
         return Err(InitError::Rootfs(format!(
-            "{} is missing from the initramfs: was the rootfs initrd loaded by the boot script?",
-            r.path
+            "{path} is missing from the initramfs: was the rootfs initrd loaded by the boot script?"
         )));
     }
-    let (sha, len) = sys.hash_file(&r.path)?;
-    if len != r.size {
+    let (sha, len) = sys.hash_file(path)?;
+    if len != want.size {
         return Err(InitError::Rootfs(format!(
-            "{} is {len} bytes, the manifest says {}: truncated or wrong image",
-            r.path, r.size
+            "{path} is {len} bytes, {} says {}: truncated or wrong image",
+            want.source, want.size
         )));
     }
-    if !sha.eq_ignore_ascii_case(&r.sha256) {
+    if !sha.eq_ignore_ascii_case(&want.sha256) {
         return Err(InitError::Rootfs(format!(
-            "{} has sha256 {sha}, the manifest says {}: refusing to boot a modified image",
-            r.path, r.sha256
+            "{path} has sha256 {sha}, {} says {}: refusing to boot a modified image",
+            want.source, want.sha256
         )));
     }
     Ok(())
@@ -262,10 +299,11 @@ pub fn run(
     log(&format!("loaded {n} modules"));
     match &cmdline.mode {
         Mode::Pxe => {
-            verify_rootfs(sys, &manifest)?;
+            let want = rootfs_expectation(sys, &manifest)?;
+            verify_rootfs(sys, &manifest.rootfs.path, &want)?;
             log(&format!(
-                "rootfs {} verified: {} bytes, sha256 {}",
-                manifest.rootfs.path, manifest.rootfs.size, manifest.rootfs.sha256
+                "rootfs {} verified: {} bytes, sha256 {}, as {}",
+                manifest.rootfs.path, want.size, want.sha256, want.source
             ));
             assemble_root(sys, &manifest)?;
         }
@@ -431,6 +469,48 @@ mod tests {
             .calls
             .iter()
             .any(|c| matches!(c, Call::LoopAttach(_) | Call::SwitchRoot(_))));
+    }
+
+    #[test]
+    fn with_a_tuf_root_the_signed_target_decides_not_the_manifest() {
+        let signed = crate::tuf::SignedRootfs {
+            target: "cairn/0.1.0/rootfs.erofs".into(),
+            length: 4096,
+            sha256: "ef".repeat(32),
+            targets_version: 7,
+            root_version: 2,
+        };
+        // The rootfs matches the manifest but not what was signed: refused.
+        let mut s = fake();
+        s.signed = Some(Ok(signed.clone()));
+        let e = run(&mut s, "", &mut |_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("the signed TUF target cairn/0.1.0/rootfs.erofs (targets v7, root v2)")
+                && e.contains("refusing to boot a modified image"),
+            "{e}"
+        );
+        assert!(!s.calls.iter().any(|c| matches!(c, Call::LoopAttach(_))));
+        // It matches what was signed: booted, and the console says so.
+        let mut s = fake();
+        s.hash = ("ef".repeat(32), 4096);
+        s.signed = Some(Ok(signed));
+        let mut lines = Vec::new();
+        run(&mut s, "", &mut |l| lines.push(l.to_string())).unwrap();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("verified") && l.contains("signed TUF target")),
+            "{lines:?}"
+        );
+        // Metadata that does not verify stops the boot before any hashing.
+        let mut s = fake();
+        s.signed = Some(Err("the TUF metadata in /cairn/tuf does not verify".into()));
+        let e = run(&mut s, "", &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("does not verify"), "{e}");
+        assert!(!s
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Hash(_) | Call::LoopAttach(_))));
     }
 
     #[test]

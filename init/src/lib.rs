@@ -16,6 +16,7 @@ pub mod disk;
 pub mod manifest;
 pub mod modules;
 pub mod sys;
+pub mod tuf;
 
 /// Everything that can stop stage 1. The message names what was wrong.
 #[derive(Debug, thiserror::Error)]

@@ -74,6 +74,12 @@ pub trait Sys {
     fn loop_attach_ro(&mut self, file: &str) -> Result<String, InitError>;
     /// sha256 and length of a file, streamed.
     fn hash_file(&mut self, path: &str) -> Result<(String, u64), InitError>;
+    /// The rootfs target the update repository signed for `version`
+    /// ([`crate::tuf`]), or `None` when the initramfs trusts no TUF root.
+    fn signed_rootfs(
+        &mut self,
+        version: &str,
+    ) -> Result<Option<crate::tuf::SignedRootfs>, InitError>;
     fn set_hostname(&mut self, name: &str) -> Result<(), InitError>;
     /// Make `new_root` the root: move-mount it onto `/`, chroot, chdir.
     fn switch_root(&mut self, new_root: &str) -> Result<(), InitError>;
@@ -216,6 +222,23 @@ impl Sys for RealSys {
         Ok((hex::encode(h.finalize()), len))
     }
 
+    fn signed_rootfs(
+        &mut self,
+        version: &str,
+    ) -> Result<Option<crate::tuf::SignedRootfs>, InitError> {
+        let (root, metadata, work) = crate::tuf::default_paths();
+        if !root.exists() {
+            return Ok(None);
+        }
+        crate::tuf::signed_rootfs(
+            &root,
+            &metadata,
+            &work,
+            version,
+            std::time::SystemTime::now(),
+        )
+        .map(Some)
+    }
     fn set_hostname(&mut self, name: &str) -> Result<(), InitError> {
         nix::unistd::sethostname(name).map_err(|e| io_err("sethostname", name, e))
     }
@@ -728,6 +751,8 @@ pub struct RecordingSys {
     pub devices: std::collections::BTreeMap<String, Vec<u8>>,
     /// When set, [`Sys::run`] fails with this message.
     pub run_fails: Option<String>,
+    /// What [`Sys::signed_rootfs`] returns (`Err`: its message).
+    pub signed: Option<Result<crate::tuf::SignedRootfs, String>>,
 }
 
 impl Sys for RecordingSys {
@@ -775,6 +800,16 @@ impl Sys for RecordingSys {
     fn hash_file(&mut self, path: &str) -> Result<(String, u64), InitError> {
         self.calls.push(Call::Hash(path.into()));
         Ok(self.hash.clone())
+    }
+    fn signed_rootfs(
+        &mut self,
+        _version: &str,
+    ) -> Result<Option<crate::tuf::SignedRootfs>, InitError> {
+        match &self.signed {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s.clone())),
+            Some(Err(m)) => Err(InitError::Rootfs(m.clone())),
+        }
     }
     fn set_hostname(&mut self, name: &str) -> Result<(), InitError> {
         self.calls.push(Call::Hostname(name.into()));

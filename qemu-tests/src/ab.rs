@@ -136,7 +136,16 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     let bins = prepare::guest_binaries(&repo)?;
     let key = prepare::demo_key()?;
     let image_dir = prepare::shared_image_dir();
-    let (_built, _) = prepare::image(&repo, &image_dir, BASE, &kube_bin, &bins, &key)?;
+    let demo_tuf = prepare::demo_tuf()?;
+    let (_built, _) = prepare::image(
+        &repo,
+        &image_dir,
+        BASE,
+        &kube_bin,
+        &bins,
+        &key,
+        &demo_tuf.root,
+    )?;
     s.done();
 
     let s =

@@ -80,7 +80,16 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     let key = prepare::demo_key()?;
     let s = ui::step("image (mkosi tree, erofs rootfs, initramfs)");
     let image_dir = prepare::shared_image_dir();
-    let (built, cached) = prepare::image(&repo, &image_dir, &opts.version, &kube_bin, &bins, &key)?;
+    let tuf = prepare::demo_tuf()?;
+    let (built, cached) = prepare::image(
+        &repo,
+        &image_dir,
+        &opts.version,
+        &kube_bin,
+        &bins,
+        &key,
+        &tuf.root,
+    )?;
     if cached {
         s.detail("unchanged, reused");
     }
@@ -112,6 +121,18 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
     ] {
         std::os::unix::fs::symlink(std::fs::canonicalize(src)?, pxe.join(name))?;
     }
+    // The update repository signs this version's rootfs; its metadata is
+    // one more initrd, and stage 1 checks the rootfs against it.
+    let version = cairn_slots::OsVersion::new(&opts.version)?;
+    cairn_image::release::sign_rootfs(&tuf.repo, None, &version, &image_dir.join("rootfs.erofs"))
+        .context("signing the rootfs in the demo TUF repository")?;
+    let tuf_www = out.join("tuf-www");
+    if tuf_www.exists() {
+        std::fs::remove_dir_all(&tuf_www)?;
+    }
+    cairn_tuf::repository::Repository::open(&tuf.repo, None, std::time::SystemTime::now())?
+        .publish(&tuf_www)?;
+    cairn_image::pxe::tuf_initrd(&tuf_www.join("metadata"), &pxe.join("tuf.cpio"))?;
     let config = out.join("config");
     let admin_kubeconfig = out.join("admin.kubeconfig");
     node_config(&config, &admin_kubeconfig, git.port, api_port, None)?;
@@ -123,6 +144,7 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
             base_url: &format!("http://10.0.2.2:{}", http.port),
             version: &opts.version,
             config_initrd: "config-node1.cpio",
+            tuf_initrd: Some("tuf.cpio"),
             extra_args: &extra_kernel_args(),
         }),
     )?;
@@ -138,6 +160,14 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
         .wait_for_line("cairn-init:", &["cairn-init: FATAL"], SWITCH_ROOT_DEADLINE)
         .context("iPXE did not hand over to cairn-init")?;
     log::debug!("first stage-1 line: {line}");
+    let line = guest
+        .wait_for_line(
+            "as the signed TUF target",
+            &["cairn-init: FATAL", "Kernel panic", "as the image manifest"],
+            SWITCH_ROOT_DEADLINE,
+        )
+        .context("stage 1 did not verify the rootfs against the signed TUF target")?;
+    log::info!("{line}");
     let line = guest.wait_for_line(
         "switching root",
         &["cairn-init: FATAL", "Kernel panic"],

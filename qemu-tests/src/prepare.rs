@@ -118,6 +118,43 @@ pub fn demo_key() -> Result<DemoKey> {
     })
 }
 
+/// The demo's update repository (TUF), made once per machine: its root is
+/// baked into the image's initramfs, and PXE boots verify the rootfs
+/// against what it signs.
+pub struct DemoTuf {
+    /// The repository working directory (keys under `repo/keys`).
+    pub repo: PathBuf,
+    /// Its current root metadata (what the image trusts).
+    pub root: PathBuf,
+}
+
+pub fn demo_tuf() -> Result<DemoTuf> {
+    let repo = cairn_image::cache_dir().join("demo-tuf");
+    let root = repo.join("metadata/root.json");
+    if !root.exists() {
+        if repo.exists() {
+            std::fs::remove_dir_all(&repo)?;
+        }
+        let days = cairn_tuf::repository::ExpiryDays {
+            root: 3650,
+            targets: 365,
+            snapshot: 30,
+            timestamp: 7,
+        };
+        cairn_tuf::repository::Repository::init(
+            &repo,
+            None,
+            &cairn_tuf::repository::InitOptions {
+                expiry: days,
+                ..Default::default()
+            },
+            std::time::SystemTime::now(),
+        )
+        .context("creating the demo TUF repository")?;
+    }
+    Ok(DemoTuf { repo, root })
+}
+
 /// A fingerprint over the files an image is built from.
 fn fingerprint(paths: &[PathBuf], extra: &str) -> Result<String> {
     let mut all = Vec::new();
@@ -166,8 +203,10 @@ pub fn image(
     kube_bin: &Path,
     bins: &GuestBinaries,
     key: &DemoKey,
+    tuf_root: &Path,
 ) -> Result<(cairn_image::Built, bool)> {
     let inputs = vec![
+        tuf_root.to_path_buf(),
         repo.join("mkosi.conf"),
         repo.join("image-build/rootfs"),
         repo.join("image-build/oci"),
@@ -208,7 +247,7 @@ pub fn image(
         init_binary: &bins.init,
         cairn_bins: vec![bins.agent.clone(), bins.cairnctl.clone()],
         allowed_signers: &key.allowed_signers,
-        tuf_root: None,
+        tuf_root: Some(tuf_root),
     })?;
     std::fs::write(&stamp, &fp)?;
     Ok((b, false))

@@ -174,6 +174,7 @@
 #![forbid(unsafe_code)]
 
 pub mod canonical;
+#[cfg(feature = "tools")]
 pub mod client_cli;
 pub mod crypto;
 mod error;
@@ -186,7 +187,9 @@ mod updater;
 
 pub use error::{Error, Result};
 pub use store::write_atomic;
-pub use transport::{FilesystemTransport, HttpTransport, Transport, TransportError};
+#[cfg(feature = "tools")]
+pub use transport::HttpTransport;
+pub use transport::{FilesystemTransport, Transport, TransportError};
 pub use updater::{Config, Limits, TargetInfo, TargetReader, Updater};
 
 use serde::{Deserialize, Serialize};

@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
+#[cfg(feature = "tools")]
 use std::time::Duration;
 
 /// Why a fetch failed.
@@ -88,49 +89,57 @@ impl Transport for FilesystemTransport {
     }
 }
 
-/// Blocking HTTP(S) transport (ureq, rustls, webpki roots). `file://` URLs
-/// are read from disk. Redirects are followed; reads time out after 30 s
-/// without data (slow-retrieval protection beyond the byte caps).
-pub struct HttpTransport {
-    agent: ureq::Agent,
-}
+#[cfg(feature = "tools")]
+pub use http::HttpTransport;
 
-impl Default for HttpTransport {
-    fn default() -> Self {
-        Self::new()
+#[cfg(feature = "tools")]
+mod http {
+    use super::*;
+
+    /// Blocking HTTP(S) transport (ureq, rustls, webpki roots). `file://` URLs
+    /// are read from disk. Redirects are followed; reads time out after 30 s
+    /// without data (slow-retrieval protection beyond the byte caps).
+    pub struct HttpTransport {
+        agent: ureq::Agent,
     }
-}
 
-impl std::fmt::Debug for HttpTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpTransport")
-    }
-}
-
-impl HttpTransport {
-    /// An agent with a 10 s connect timeout and a 30 s read timeout.
-    pub fn new() -> HttpTransport {
-        HttpTransport {
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(10))
-                .timeout_read(Duration::from_secs(30))
-                .user_agent(concat!("cairn-tuf/", env!("CARGO_PKG_VERSION")))
-                .build(),
+    impl Default for HttpTransport {
+        fn default() -> Self {
+            Self::new()
         }
     }
-}
 
-impl Transport for HttpTransport {
-    fn fetch(&self, url: &str) -> Result<Box<dyn Read + Send + '_>, TransportError> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return FilesystemTransport.fetch(url);
+    impl std::fmt::Debug for HttpTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("HttpTransport")
         }
-        match self.agent.get(url).call() {
-            Ok(resp) => Ok(Box::new(resp.into_reader())),
-            Err(ureq::Error::Status(403 | 404, _)) => Err(TransportError::NotFound),
-            Err(ureq::Error::Status(code, _)) => Err(TransportError::Status(code)),
-            Err(ureq::Error::Transport(t)) => {
-                Err(TransportError::Io(io::Error::other(t.to_string())))
+    }
+
+    impl HttpTransport {
+        /// An agent with a 10 s connect timeout and a 30 s read timeout.
+        pub fn new() -> HttpTransport {
+            HttpTransport {
+                agent: ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(10))
+                    .timeout_read(Duration::from_secs(30))
+                    .user_agent(concat!("cairn-tuf/", env!("CARGO_PKG_VERSION")))
+                    .build(),
+            }
+        }
+    }
+
+    impl Transport for HttpTransport {
+        fn fetch(&self, url: &str) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return FilesystemTransport.fetch(url);
+            }
+            match self.agent.get(url).call() {
+                Ok(resp) => Ok(Box::new(resp.into_reader())),
+                Err(ureq::Error::Status(403 | 404, _)) => Err(TransportError::NotFound),
+                Err(ureq::Error::Status(code, _)) => Err(TransportError::Status(code)),
+                Err(ureq::Error::Transport(t)) => {
+                    Err(TransportError::Io(io::Error::other(t.to_string())))
+                }
             }
         }
     }

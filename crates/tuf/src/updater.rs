@@ -1119,6 +1119,7 @@ impl Read for TargetReader<'_> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "tools")]
     #[test]
     fn updater_can_move_to_a_blocking_task() {
         fn assert_send<T: Send>() {}

@@ -21,6 +21,7 @@
 //! [`RepoError::MissingRole`]). Private keys are only read from and written
 //! to key files; nothing prints them.
 
+#[cfg(feature = "tools")]
 pub mod cli;
 
 use std::collections::{BTreeMap, BTreeSet};
