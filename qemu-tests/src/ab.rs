@@ -45,6 +45,11 @@ pub const UPDATE_DEADLINE: Duration = Duration::from_secs(2400);
 /// A booted disk node and what serves it.
 pub struct AbNode {
     pub guest: Guest,
+    spec: crate::guest::GuestSpec,
+    out: PathBuf,
+    /// Boots in earlier lives (before a power cut).
+    earlier_boots: usize,
+    lives: usize,
     pub cluster: Cluster,
     pub fleet: FleetRepo,
     pub phases: BTreeMap<&'static str, f64>,
@@ -112,8 +117,13 @@ impl AbNode {
         Ok(start.elapsed().as_secs_f64())
     }
 
-    /// How many times the guest switched root (one per boot).
+    /// How many times the guest switched root (one per boot), over all its
+    /// lives.
     pub fn boots(&self) -> usize {
+        self.earlier_boots + self.boots_this_life()
+    }
+
+    fn boots_this_life(&self) -> usize {
         std::fs::read(&self.guest.serial_log)
             .map(|b| {
                 String::from_utf8_lossy(&b)
@@ -121,6 +131,29 @@ impl AbNode {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    /// Cut the power: SIGKILL QEMU (the guest neither shuts down nor
+    /// flushes; what the disk acknowledged stays, as on a real power cut),
+    /// then power on from the same disk and firmware variables. The
+    /// console continues in `serial-<n>.log`; waits for the next
+    /// switch_root.
+    pub fn power_cycle(&mut self) -> Result<()> {
+        self.earlier_boots += self.boots_this_life();
+        self.guest.kill();
+        self.lives += 1;
+        self.spec.serial_log = self.out.join(format!("serial-{}.log", self.lives));
+        eprintln!(
+            "  power cut; console now {}",
+            self.spec.serial_log.display()
+        );
+        self.guest = Guest::start(&self.spec)?;
+        self.guest.wait_for_line(
+            "switching root",
+            &["cairn-init: FATAL", "Kernel panic"],
+            BOOT_DEADLINE,
+        )?;
+        Ok(())
     }
 }
 
@@ -268,6 +301,10 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     s.done();
     Ok(AbNode {
         guest,
+        spec,
+        out: out.to_path_buf(),
+        earlier_boots: 0,
+        lives: 1,
         cluster,
         fleet,
         phases,

@@ -355,11 +355,20 @@ impl Guest {
     }
 }
 
+impl Guest {
+    /// Kill QEMU at once (a power cut for the guest) and reap it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! One VM life, in order: slot A runs the base version; an unsigned
 //! version named in Git is refused; a signed version whose bytes were
-//! tampered with on the server is refused; a good version is installed into
-//! slot B, booted, gated and blessed; a bad version (its kubelet cannot
+//! tampered with on the server is refused; a good version is being written
+//! into slot B when the power is cut — slot A comes back, the install
+//! resumes, and slot B is booted, gated and blessed; a bad version (its kubelet cannot
 //! start) is installed into slot A, fails the health gate, is marked bad,
 //! and the node comes back on slot B by itself and reports it.
 
@@ -55,14 +56,55 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
         Some(BASE)
     );
 
-    // 3. A good version: slot B, rebooted, gated, blessed.
+    // 3. A good version. The power is cut while root-b is being written:
+    //    the machine comes back on slot A, the agent resumes, and slot B is
+    //    then booted, gated and blessed.
     let started = std::time::Instant::now();
     node.want_version(GOOD).unwrap();
+    let line = wait_until("the agent to write root-b", UPDATE_DEADLINE, || {
+        node.guest.check_alive()?;
+        Ok(node
+            .annotation(ANN_OS_UPDATE)?
+            .filter(|u| u.contains("writing root-b")))
+    })
+    .unwrap();
+    println!("power cut while: {line}");
+    let cut = std::time::Instant::now();
+    node.power_cycle().unwrap();
+    let stage1 = node
+        .guest
+        .wait_for_line(
+            "disk mode: slot",
+            &["cairn-init: FATAL"],
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(stage1.contains("slot a"), "after the power cut: {stage1}");
+    // The new boot's agent takes the install up again (any install status
+    // other than the one at the cut comes from it: the old one is dead).
+    let resumed = wait_until("the agent on slot A to resume", UPDATE_DEADLINE, || {
+        node.guest.check_alive()?;
+        Ok(node
+            .annotation(ANN_OS_UPDATE)?
+            .filter(|u| u.contains("installing") && *u != line))
+    })
+    .unwrap();
+    println!(
+        "power cut → slot A up, install resumed ({resumed}): {:.0} s",
+        cut.elapsed().as_secs_f64()
+    );
+    assert_eq!(node.boots(), 2, "the power cut boots slot A again");
     node.wait_running("the good version blessed on slot B", GOOD, "b")
         .unwrap();
     let to_blessed = started.elapsed().as_secs_f64();
-    assert_eq!(node.boots(), 2, "exactly one reboot into slot B");
-    println!("update available → blessed on B: {to_blessed:.0} s");
+    assert_eq!(
+        node.boots(),
+        3,
+        "after the power cut, exactly one reboot into slot B"
+    );
+    println!(
+        "update available → blessed on B (with a power cut during the write): {to_blessed:.0} s"
+    );
 
     // 4. A bad version: installed into A, fails the gate, B comes back.
     let started = std::time::Instant::now();
@@ -80,7 +122,7 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
     let to_rollback = started.elapsed().as_secs_f64();
     println!("bad update → back on B: {to_rollback:.0} s ({failed})");
     assert!(failed.contains("kubelet.service"), "{failed}");
-    assert_eq!(node.boots(), 4, "into the bad slot and back");
+    assert_eq!(node.boots(), 5, "into the bad slot and back");
     // not retried: the agent says so (after reading the same commit again)
     wait_until("the agent to report the block", UPDATE_DEADLINE, || {
         node.guest.check_alive()?;
@@ -89,7 +131,7 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
             .filter(|u| u.contains("is not retried")))
     })
     .unwrap();
-    assert_eq!(node.boots(), 4, "a failed version is not retried");
+    assert_eq!(node.boots(), 5, "a failed version is not retried");
     let phases = serde_json::json!({
         "phases": node.phases,
         "update_to_blessed_s": to_blessed,

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cairn_render::UpdatePolicy;
-use cairn_slots::plan::{plan_install, run_plan, LayoutDisk, RunReport, Seams};
+use cairn_slots::plan::{plan_install, LayoutDisk, RunReport, Runner, Seams};
 use cairn_slots::state::{after_failure, Admission, AfterFailure, StateStore};
 use cairn_slots::{
     apply_post_boot, decide_after_boot, Booted, DirEsp, HealthGate, OsVersion, Phase,
@@ -85,6 +85,8 @@ pub struct OsUpdate {
     /// new version named in Git is tried at once).
     failed_version: Option<OsVersion>,
     installing: Option<OsVersion>,
+    /// What the background install is doing ("writing root-b").
+    progress: std::sync::Arc<std::sync::Mutex<String>>,
     systemd: Option<host::Systemd>,
     status_line: Option<String>,
     reported_boot: bool,
@@ -128,6 +130,7 @@ impl OsUpdate {
             failures: 0,
             failed_version: None,
             installing: None,
+            progress: Default::default(),
             systemd: None,
             status_line: None,
             reported_boot: false,
@@ -371,6 +374,10 @@ impl OsUpdate {
             return true;
         };
         if !h.is_finished() {
+            let doing = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
+            if let (Some(v), false) = (self.installing.clone(), doing.is_empty()) {
+                self.say(ctx, format!("installing {v}: {doing}")).await;
+            }
             return false;
         }
         let Some(h) = self.install.take() else {
@@ -452,8 +459,9 @@ impl OsUpdate {
         )
         .await;
         self.installing = Some(desired.clone());
+        let progress = self.progress.clone();
         self.install = Some(tokio::task::spawn_blocking(move || {
-            install(&tuf, &store, current, v)
+            install(&tuf, &store, current, v, &progress)
         }));
     }
 
@@ -797,7 +805,14 @@ pub fn install(
     store: &StateStore,
     current: cairn_slots::Slot,
     version: OsVersion,
+    progress: &std::sync::Mutex<String>,
 ) -> Result<Installed, String> {
+    let set = |what: String| {
+        if let Ok(mut p) = progress.lock() {
+            *p = what;
+        }
+    };
+    set("checking the update repository".into());
     let started = Instant::now();
     let (_, layout) = host::find_disk("/sys/class/block".as_ref(), "/dev".as_ref())?;
     let esp_dir: PathBuf = host::mount_esp(&layout)?;
@@ -810,7 +825,7 @@ pub fn install(
         updater: &up,
         release: &release,
     };
-    let report = run_plan(
+    let mut runner = Runner::new(
         &plan,
         &release.images,
         Seams {
@@ -821,6 +836,12 @@ pub fn install(
         },
     )
     .map_err(|e| e.to_string())?;
+    while let Some(step) = runner.next_step() {
+        set(step.describe(plan.target));
+        runner.step().map_err(|e| e.to_string())?;
+    }
+    set(String::new());
+    let report = runner.run().map_err(|e| e.to_string())?;
     Ok(Installed {
         report,
         seconds: started.elapsed().as_secs_f64(),

@@ -63,6 +63,22 @@ pub enum Step {
     InstallUki,
 }
 
+impl Step {
+    /// What the step does to `target`, for status lines ("writing root-b").
+    pub fn describe(self, target: Slot) -> String {
+        match self {
+            Step::PrepareCurrentEntry => "checking the running slot's boot entry".into(),
+            Step::RemoveTargetEntries => format!("removing slot {target}'s boot entries"),
+            Step::InvalidateTarget => format!("invalidating slot {target}"),
+            Step::WriteRoot => format!("writing {}", target.root_label()),
+            Step::WriteVerity => format!("writing {}", target.verity_label()),
+            Step::Verify => format!("reading slot {target} back"),
+            Step::SetTrialDefault => format!("making slot {target} the next boot"),
+            Step::InstallUki => format!("installing slot {target}'s UKI"),
+        }
+    }
+}
+
 /// The ordered steps to install `version` into the slot that is not running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallPlan {
