@@ -221,6 +221,7 @@ impl OsUpdate {
         }
 
         // 1b. still running a slot this agent marked bad
+        let mut stuck = false;
         match after_failure(&booted, &state) {
             AfterFailure::NotOnIt => {}
             AfterFailure::RebootAgain { slot, version } => {
@@ -247,7 +248,8 @@ impl OsUpdate {
                 // The machine rebooted and came back here: the other slot
                 // did not boot. Rebooting again would loop. The node stays
                 // cordoned and keeps its reboot Lease (the rollout halts)
-                // until an operator looks.
+                // until an operator looks; a new version named in Git is
+                // still installed (into the slot that did not boot).
                 let line = format!(
                     "{version} in slot {slot} failed its health gate, and slot {} did not boot after the reboot away from it; running {version} cordoned — repair slot {} or publish a fixed version",
                     slot.other(),
@@ -257,7 +259,7 @@ impl OsUpdate {
                     self.event(ctx, "Warning", "OsUpdateStuck", &line).await;
                 }
                 self.say(ctx, line).await;
-                return;
+                stuck = true;
             }
         }
 
@@ -294,7 +296,7 @@ impl OsUpdate {
         }
 
         // after an attempt: the node was cordoned and holds the lock
-        if !self.settled_checked && state.phase.is_settled() {
+        if !stuck && !self.settled_checked && state.phase.is_settled() {
             if let Some(cluster) = ctx.cluster {
                 self.settled_checked = self.after_attempt(ctx, cluster, &state).await;
             }
@@ -317,6 +319,8 @@ impl OsUpdate {
             let _ = status::annotate(ctx.client, ctx.node, &json!({ ANN_OS_FAILED: null })).await;
         }
         match state.admit(&booted.version, &desired) {
+            // the stuck line stays until Git names a version to install
+            Admission::UpToDate | Admission::Blocked(_) if stuck => {}
             Admission::UpToDate => {
                 self.say(
                     ctx,

@@ -3,4 +3,4 @@
 #   crates/source/fuzz/run.sh [SECONDS]      (default 20)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-exec "$here/../../../scripts/fuzz.sh" "$here" commit_sshsig "$here/../../../target-source/fuzz" "${1:-20}"
+exec "$here/../../../scripts/fuzz.sh" "$here" commit_sshsig "$here/../../../target-fuzz" "${1:-20}"

@@ -4,4 +4,4 @@
 #   crates/tuf/fuzz/run.sh [SECONDS]      (default 20)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-exec "$here/../../../scripts/fuzz.sh" "$here" metadata "$here/../../../target-tuf/fuzz" "${1:-20}"
+exec "$here/../../../scripts/fuzz.sh" "$here" metadata "$here/../../../target-fuzz" "${1:-20}"
