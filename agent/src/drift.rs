@@ -10,6 +10,7 @@ use futures::StreamExt;
 use kube::api::{Api, DynamicObject};
 use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
 use kube::Client;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -24,6 +25,15 @@ pub struct Watch {
     kinds: BTreeSet<(String, String, String)>,
     selector: String,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watch {
+    /// The watch tasks end with the watch (they hold API connections).
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
 }
 
 /// What distinguishes a real change from a status update.
@@ -86,7 +96,10 @@ impl Watch {
             self.tasks.push(tokio::spawn(async move {
                 let mut seen: BTreeMap<String, String> = BTreeMap::new();
                 let mut initial = true;
-                let mut stream = watcher::watcher(api, cfg).boxed();
+                // Errors (the API server restarting, a dropped connection)
+                // are retried with exponential backoff, never in a loop
+                // that would spin a core and never yield.
+                let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
                 while let Some(ev) = stream.next().await {
                     match ev {
                         Ok(Event::Init) => {}

@@ -16,7 +16,7 @@ async fn woken(n: &Notify, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "apiserver tier"]
 async fn edits_wake_the_agent_status_updates_do_not() {
-    let cp = tokio::task::spawn_blocking(|| cairn_kubetest::ControlPlane::start().unwrap())
+    let mut cp = tokio::task::spawn_blocking(|| cairn_kubetest::ControlPlane::start().unwrap())
         .await
         .unwrap();
     let client = cp.client().await.unwrap();
@@ -95,4 +95,44 @@ async fn edits_wake_the_agent_status_updates_do_not() {
         r.applied.contains(&"ConfigMap/default/c".to_string()),
         "{r}"
     );
+
+    // The API server goes away: the watches back off instead of retrying
+    // in a loop (which spins a core and never yields), and once it is back
+    // they resume and notice an edit again.
+    cp.stop_apiserver();
+    let before = cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let spent = cpu_seconds() - before;
+    assert!(
+        spent < 1.5,
+        "the drift watch spun while the API server was down: {spent:.2} s of CPU in 5 s"
+    );
+    tokio::task::block_in_place(|| cp.start_apiserver()).unwrap();
+    let _ = woken(&notify, Duration::from_secs(1)).await;
+    cp.kubectl(&[
+        "patch",
+        "cm",
+        "c",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"k":"edited again"}}"#,
+    ])
+    .unwrap();
+    assert!(
+        woken(&notify, Duration::from_secs(90)).await,
+        "edit after the API server came back not noticed"
+    );
+    drop(watch);
+}
+
+/// User + system CPU time of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
