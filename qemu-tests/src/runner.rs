@@ -2,14 +2,53 @@
 //! the run, and a closing `tiers: N passed, N failed` line.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Result;
 
-/// One tier: a command, and whether its failure fails the run.
+/// How long a tier may run before it is taken for hung and killed.
+pub const TIER_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// One tier: a command, and whether its failure fails the run. It is
+/// killed (with everything it started) after [`TIER_LIMIT`].
 pub fn tier(name: &str, cmd: &mut Command) -> bool {
+    tier_within(name, cmd, TIER_LIMIT)
+}
+
+/// [`tier`] with its own time limit.
+pub fn tier_within(name: &str, cmd: &mut Command, limit: Duration) -> bool {
     eprintln!("\n=== tier: {name}\n    {cmd:?}");
     let start = std::time::Instant::now();
-    let status = cmd.status();
+    // Same process group as the runner, so Ctrl-C still stops everything.
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("=== tier {name}: FAILED to start: {e}");
+            return false;
+        }
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) if start.elapsed() > limit => {
+                // the test binaries under cargo first, then cargo
+                for pid in descendants(child.id()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!(
+                    "still running after {} min (hung?): killed",
+                    limit.as_secs() / 60
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(500)),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
     let secs = start.elapsed().as_secs();
     match status {
         Ok(s) if s.success() => {
@@ -21,10 +60,45 @@ pub fn tier(name: &str, cmd: &mut Command) -> bool {
             false
         }
         Err(e) => {
-            eprintln!("=== tier {name}: FAILED to start: {e}");
+            eprintln!("=== tier {name}: FAILED: {e}");
             false
         }
     }
+}
+
+/// Every process below `pid` (from `/proc/*/stat`), deepest first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid …": comm may hold spaces and parens
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|f| f.parse::<u32>().ok());
+            if let Some(pp) = ppid {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for (c, pp) in &parent_of {
+            if *pp == p {
+                out.push(*c);
+                frontier.push(*c);
+            }
+        }
+    }
+    out.reverse();
+    out
 }
 
 /// Elapsed time after which the A/B QEMU scenario is not started.
@@ -119,6 +193,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
                 "test",
                 "--workspace",
                 "--locked",
+                "--no-fail-fast",
                 "--test",
                 "control_plane",
                 "--test",
@@ -196,7 +271,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
     } else {
         results.push((
             "qemu",
-            tier(
+            tier_within(
                 "qemu (slow: boots a node)",
                 &mut c(&[
                     "test",
@@ -211,6 +286,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
                     "--nocapture",
                     "--test-threads=1",
                 ]),
+                Duration::from_secs(40 * 60),
             ),
         ));
         // The run must stay well inside CI's 90 minutes: on a machine so
@@ -227,8 +303,8 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
         } else {
             results.push((
                 "qemu-ab",
-                tier(
-                    "qemu-ab (slow: a disk node updates A→B, refuses bad bytes, rolls back)",
+                tier_within(
+                    "qemu-ab (slow: a disk node updates A→B, survives a power cut, refuses bad bytes, rolls back)",
                     &mut c(&[
                         "test",
                         "--release",
@@ -242,6 +318,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
                         "--nocapture",
                         "--test-threads=1",
                     ]),
+                    Duration::from_secs(50 * 60),
                 ),
             ));
         }
@@ -253,4 +330,27 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
     }
     println!("tiers: {passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_tier_is_killed_with_its_children() {
+        let start = std::time::Instant::now();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 300 & wait"]);
+        assert!(!tier_within("hangs", &mut cmd, Duration::from_secs(1)));
+        assert!(start.elapsed() < Duration::from_secs(30));
+        // nothing of it is left: no `sleep 300` whose parent was the shell
+        let left = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+            .any(|c| c == "sleep\u{0}300\u{0}");
+        assert!(!left, "the tier's child survived");
+        let mut ok = Command::new("true");
+        assert!(tier_within("quick", &mut ok, Duration::from_secs(30)));
+    }
 }
