@@ -76,6 +76,7 @@ pub(crate) fn fetch_branch(
 
     let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     set_socket_timeouts(cfg.limits.max_duration);
+    durable_writes();
 
     // A stale ref must not stand in for a branch the remote no longer has:
     // move it aside (it stays a "have" for negotiation, so a poll after a
@@ -198,6 +199,39 @@ pub(crate) fn fetch_branch(
             source,
         }),
     }
+}
+
+/// Make libgit2 fsync the objects, packs and refs it writes (off by
+/// default). Without it a power cut after a fetch can leave a ref naming
+/// objects that never reached the disk ("object not found"), which a node
+/// found in a QEMU power-cut test.
+#[allow(unsafe_code)]
+fn durable_writes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sets one global integer option; libgit2 is initialised
+        // (the caller holds an open repository) and this runs once, under
+        // FETCH_LOCK, before any write of this fetch.
+        let rc = unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as std::os::raw::c_int,
+                1 as std::os::raw::c_int,
+            )
+        };
+        if rc != 0 {
+            log::warn!("libgit2 refused to enable fsync of the git cache ({rc})");
+        }
+    });
+}
+
+/// Whether a fetch error means the local cache is damaged (objects missing
+/// or unreadable, refs broken) rather than the remote or the network.
+pub(crate) fn is_cache_damage(e: &git2::Error) -> bool {
+    use git2::ErrorClass as C;
+    matches!(
+        e.class(),
+        C::Odb | C::Object | C::Reference | C::Repository | C::Zlib | C::Index | C::Tree
+    )
 }
 
 /// Set libgit2's socket connect and read timeouts.

@@ -283,11 +283,23 @@ impl Source {
     pub fn fetch_and_verify(&mut self) -> Result<Verified, SourceError> {
         // Another process (cairnctl) may have recorded since we opened.
         self.recorded = state::read_recorded(&self.recorded_path())?;
-        let tip = CommitId(fetch::fetch_branch(
-            &self.repo,
-            &self.cache_path,
-            &self.cfg,
-        )?);
+        let tip = match fetch::fetch_branch(&self.repo, &self.cache_path, &self.cfg) {
+            Err(SourceError::Fetch { source, .. } | SourceError::Git { source, .. })
+                if fetch::is_cache_damage(&source) =>
+            {
+                // The cache is only a cache: what was verified and applied
+                // is the recorded commit (fsynced on its own). Start it
+                // over and fetch once more; verification runs as usual.
+                log::warn!(
+                    "the git cache {} is damaged ({source}); rebuilding it",
+                    self.cache_path.display()
+                );
+                self.rebuild_cache()?;
+                fetch::fetch_branch(&self.repo, &self.cache_path, &self.cfg)?
+            }
+            r => r?,
+        };
+        let tip = CommitId(tip);
         if self.repo.is_shallow() {
             // libgit2 would present the shallow boundary as root commits.
             return Err(SourceError::StateCorrupt {
@@ -367,6 +379,23 @@ impl Source {
         let mut keep = vec![v.id()];
         keep.extend(current);
         state::prune_trees(&self.trees_dir(), &keep);
+        Ok(())
+    }
+
+    /// Replace the cache repository with an empty one (renamed aside
+    /// first, then removed, so a crash in between leaves a usable state).
+    fn rebuild_cache(&mut self) -> Result<(), SourceError> {
+        let aside = self.cfg.state_dir.join(".cache-damaged");
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(&self.cache_path, &aside).map_err(|source| SourceError::State {
+            path: self.cache_path.clone(),
+            source,
+        })?;
+        self.repo = open_cache(&self.cfg.state_dir, &self.cache_path)?;
+        self.last_verified = None;
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            log::warn!("removing {}: {e}", aside.display());
+        }
         Ok(())
     }
 

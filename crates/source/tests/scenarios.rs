@@ -650,3 +650,47 @@ fn branch_pointing_to_a_non_commit_is_refused() {
         other => panic!("expected MalformedCommit, got {other:?}"),
     }
 }
+
+/// A power cut after a fetch can leave the cache's refs naming objects that
+/// never reached the disk. The cache is rebuilt and fetched again; what was
+/// recorded stays, and the new commits are verified as usual.
+#[test]
+fn a_cache_with_lost_objects_is_rebuilt() {
+    let f = Fixture::new();
+    let alice = f.key("alice");
+    let trust = alice.signer_line("");
+    f.commit(Some(&alice), "one", &[("apps/a.yaml", "a: 1\n")]);
+    let tip = f.commit(Some(&alice), "two", &[("apps/b.yaml", "b: 2\n")]);
+    pull(f.config(&trust)).unwrap();
+    assert_eq!(f.recorded_file().as_deref(), Some(tip.as_str()));
+
+    // Lose every object, keep the refs.
+    let objects = f.state.join("cache.git/objects");
+    let mut lost = 0;
+    for e in std::fs::read_dir(&objects).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "pack" || (name.len() == 2 && e.path().is_dir()) {
+            for o in std::fs::read_dir(e.path()).unwrap().flatten() {
+                std::fs::remove_file(o.path()).unwrap();
+                lost += 1;
+            }
+        }
+    }
+    assert!(lost > 0, "the fixture cache had no objects to lose");
+
+    let tip2 = f.commit(Some(&alice), "three", &[("apps/c.yaml", "c: 3\n")]);
+    let mut s = Source::open(f.config(&trust)).unwrap();
+    let v = match s.fetch_and_verify().unwrap() {
+        Verified::New(v) => v,
+        other => panic!("expected new, got {other:?}"),
+    };
+    assert_eq!(v.id(), id(&tip2));
+    assert_eq!(
+        v.newly_verified(),
+        1,
+        "only the commit after the recorded one"
+    );
+    assert!(s.checkout(&v).unwrap().join("apps/c.yaml").is_file());
+    s.record(&v).unwrap();
+    assert_eq!(f.recorded_file().as_deref(), Some(tip2.as_str()));
+}
