@@ -102,7 +102,7 @@ fn descendants(pid: u32) -> Vec<u32> {
 }
 
 /// Elapsed time after which the A/B QEMU scenario is not started.
-pub const AB_BUDGET: std::time::Duration = std::time::Duration::from_secs(45 * 60);
+pub const AB_BUDGET: std::time::Duration = std::time::Duration::from_secs(42 * 60);
 
 /// Run every tier; `no_qemu` skips the QEMU tier and says so.
 pub fn run_all(no_qemu: bool) -> Result<bool> {
@@ -296,7 +296,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
         let used = run_start.elapsed();
         if used > AB_BUDGET {
             eprintln!(
-                "\n=== tier: qemu-ab SKIPPED: the tiers before it took {} min (budget {} min) and the A/B scenario needs ~25 more; run it alone with: cargo test --release -p qemu-tests --test ab_update -- --ignored --nocapture",
+                "\n=== tier: qemu-ab SKIPPED: the tiers before it took {} min (budget {} min) and the A/B scenario needs ~30 more; run it alone with: cargo test --release -p qemu-tests --test ab_update -- --ignored --nocapture",
                 used.as_secs() / 60,
                 AB_BUDGET.as_secs() / 60
             );
