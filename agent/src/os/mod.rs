@@ -829,7 +829,7 @@ pub fn install(
         updater: &up,
         release: &release,
     };
-    let mut runner = Runner::new(
+    let report = Runner::new(
         &plan,
         &release.images,
         Seams {
@@ -839,13 +839,9 @@ pub fn install(
             store,
         },
     )
+    .and_then(|r| r.run_reporting(|step| set(step.describe(plan.target))))
     .map_err(|e| e.to_string())?;
-    while let Some(step) = runner.next_step() {
-        set(step.describe(plan.target));
-        runner.step().map_err(|e| e.to_string())?;
-    }
     set(String::new());
-    let report = runner.run().map_err(|e| e.to_string())?;
     Ok(Installed {
         report,
         seconds: started.elapsed().as_secs_f64(),

@@ -415,8 +415,17 @@ impl<'p, 's> Runner<'p, 's> {
     }
 
     /// Run all remaining steps.
-    pub fn run(mut self) -> Result<RunReport, PlanError> {
-        while self.step()?.is_some() {}
+    pub fn run(self) -> Result<RunReport, PlanError> {
+        self.run_reporting(|_| {})
+    }
+
+    /// Run all remaining steps, telling `before` each step as it starts
+    /// (for status lines).
+    pub fn run_reporting(mut self, mut before: impl FnMut(Step)) -> Result<RunReport, PlanError> {
+        while let Some(step) = self.next_step() {
+            before(step);
+            self.step()?;
+        }
         self.report.state = self.state.clone();
         Ok(self.report)
     }

@@ -209,9 +209,9 @@ pub(crate) fn fetch_branch(
 fn durable_writes() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: sets one global integer option; libgit2 is initialised
-        // (the caller holds an open repository) and this runs once, under
-        // FETCH_LOCK, before any write of this fetch.
+        // libgit2 is initialised (the caller holds an open repository) and
+        // this runs once, under FETCH_LOCK, before any write of this fetch.
+        // SAFETY: sets one global integer option of an initialised libgit2.
         let rc = unsafe {
             libgit2_sys::git_libgit2_opts(
                 libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as std::os::raw::c_int,
