@@ -110,14 +110,11 @@ pub const EFI_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 /// Debian's systemd-boot 252 (package systemd-boot-efi).
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-/// GPT type GUID of an EFI system partition.
-pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-/// GPT type GUID of an x86-64 root partition (Discoverable Partitions Spec).
-pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-/// GPT type GUID of an x86-64 root verity partition.
-pub const ROOT_VERITY_X86_64_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
-/// GPT type GUID of generic Linux data (used for `state`).
-pub const LINUX_DATA_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+// The partition types and the fresh ESP's `loader.conf` are shared with
+// `cairnctl install --disk`, which writes the same layout on a node.
+pub use cairn_slots::install::{
+    ESP_TYPE, LINUX_DATA_TYPE, LOADER_CONF_TEXT, ROOT_VERITY_X86_64_TYPE, ROOT_X86_64_TYPE,
+};
 
 /// dm-verity block size (data and hash), bytes.
 pub const VERITY_BLOCK: u64 = 4096;
@@ -490,10 +487,12 @@ pub struct DiskSizes {
 
 impl Default for DiskSizes {
     fn default() -> Self {
+        let node = cairn_slots::install::Sizes::default();
         DiskSizes {
-            esp_mib: 128,
-            root_mib: 1024,
-            verity_mib: 16,
+            esp_mib: node.esp_mib,
+            root_mib: node.root_mib,
+            verity_mib: node.verity_mib,
+            // an image file has no "rest of the disk"
             state_mib: 2048,
         }
     }
@@ -640,7 +639,7 @@ pub fn build_esp(esp: &Path, mib: u64, uki: &Path, uki_name: &str) -> Result<()>
     let dir = esp.parent().unwrap_or(Path::new("."));
     let conf = dir.join(".loader.conf");
     // No `default` line: cairn's update plan owns it (cairn_slots::entry).
-    std::fs::write(&conf, "timeout 0\neditor no\n").map_err(io(&conf))?;
+    std::fs::write(&conf, LOADER_CONF_TEXT).map_err(io(&conf))?;
     let put = |from: &Path, to: &str| -> Result<()> {
         run(Command::new("mcopy")
             .args(["-o", "-i", &img])

@@ -78,6 +78,7 @@ pub const ENABLE: &[(&str, &str)] = &[
     ("kubelet.service", "multi-user.target.wants"),
     ("cairn-agent.service", "multi-user.target.wants"),
     ("cairn-trial-watchdog.service", "multi-user.target.wants"),
+    ("cairn-install.service", "multi-user.target.wants"),
 ];
 
 /// Units masked: no login prompts on a node, nothing that expects a package manager.

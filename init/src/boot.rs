@@ -17,6 +17,9 @@ pub const STATE: &str = "/state";
 pub const TRUST_DIR: &str = "/cairn/trust";
 /// Node/cluster configuration delivered beside the image (an `etc/` tree).
 pub const CONFIG_DIR: &str = "/cairn/config";
+/// Where stage 2 finds the configuration tree PXE delivered (`etc/…`),
+/// unchanged: `/run` moves into the new root.
+pub const KEPT_CONFIG: &str = "/run/cairn/config";
 
 fn m(source: &str, target: &str, fstype: &str, flags: MountFlags, data: Option<&str>) -> Mount {
     Mount {
@@ -249,6 +252,10 @@ pub fn configure(sys: &mut dyn Sys, cmdline: &Cmdline) -> Result<(), InitError> 
     let config_etc = join(CONFIG_DIR, "etc");
     if sys.exists(&config_etc) {
         sys.copy_tree(&config_etc, &join(SYSROOT, "etc"))?;
+        // Kept as delivered, apart from what the node writes to /etc
+        // later: `cairnctl install --disk` seeds the disk's STATE with it.
+        sys.mkdir_all(KEPT_CONFIG)?;
+        sys.copy_tree(&config_etc, &join(KEPT_CONFIG, "etc"))?;
     }
     if sys.exists(TRUST_DIR) {
         sys.mkdir_all("/run/cairn")?;
@@ -452,6 +459,10 @@ mod tests {
         assert!(s.calls.contains(&Call::CopyTree(
             "/cairn/config/etc".into(),
             "/sysroot/etc".into()
+        )));
+        assert!(s.calls.contains(&Call::CopyTree(
+            "/cairn/config/etc".into(),
+            "/run/cairn/config/etc".into()
         )));
         assert!(s.calls.contains(&Call::Hostname("node1".into())));
         assert_eq!(s.calls.last(), Some(&Call::SwitchRoot(SYSROOT.into())));

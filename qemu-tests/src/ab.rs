@@ -1,6 +1,8 @@
-//! A disk-installed node for the A/B update tier: the image as a GPT disk
-//! (slot A = the built version, STATE seeded with the node's
-//! configuration), booted with OVMF + systemd-boot under TCG; a fresh TUF
+//! A disk-installed node for the A/B update tier: a blank disk, a PXE boot
+//! with `cairn.install=/dev/vda` (SeaBIOS + iPXE), in which cairn writes
+//! itself to the disk (slot A = the built version, from the update
+//! repository; STATE seeded with the node's configuration) and reboots;
+//! then the disk booted with OVMF + systemd-boot under TCG; a fresh TUF
 //! repository with signed OS versions served over HTTP; the signed fleet
 //! repository served by `git daemon`.
 //!
@@ -182,7 +184,7 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     s.done();
 
     let s =
-        ui::step("TUF repository: sign 0.2.0 (good), 0.3.0 (kubelet masked), 0.4.0 (to tamper)");
+        ui::step("TUF repository: sign the base version, 0.2.0 (good), 0.3.0 (kubelet masked), 0.4.0 (to tamper)");
     let tuf = out.join("tuf");
     let www = out.join("tuf-www");
     for d in [&tuf, &www] {
@@ -211,6 +213,7 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     .run()
     .context("tuf init")?;
     for (v, args) in [
+        (BASE, vec![]),
         (GOOD, vec![]),
         (BAD, vec!["systemd.mask=kubelet.service".to_string()]),
         (TAMPERED, vec![]),
@@ -232,7 +235,7 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     let http = HttpServer::start(&www)?;
     phases.insert("release_s", s.done());
 
-    let s = ui::step("fleet repository, node configuration, disk image");
+    let s = ui::step("fleet repository, node configuration");
     let git_base = out.join("git");
     std::fs::create_dir_all(&git_base)?;
     let fleet = FleetRepo::create(&git_base, &repo.join("gitops"), &key)?;
@@ -260,20 +263,74 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
         config.join("etc/cairn/tuf-root.json"),
     )?;
     std::fs::write(config.join("etc/hostname"), format!("{NODE}\n"))?;
-    let disk_dir = out.join("disk");
+    phases.insert("fleet_config_s", s.done());
+
+    // The machine: a blank disk. It PXE-boots once with cairn.install=,
+    // writes itself to the disk and reboots into it.
     let base = cairn_slots::OsVersion::new(BASE)?;
-    let disk = cairn_image::disk::build_disk_from_image_dir(
-        &base,
-        &image_dir,
-        cairn_image::disk::DiskSizes::default(),
-        Some(&config),
-        &disk_dir,
+    let s =
+        ui::step("PXE boot with cairn.install=/dev/vda → cairn installs itself to the blank disk");
+    let disk = out.join("disk.raw");
+    let _ = std::fs::remove_file(&disk);
+    std::fs::File::create(&disk)?.set_len(cairn_image::disk::DiskSizes::default().disk_bytes())?;
+    let pxe = out.join("pxe");
+    if pxe.exists() {
+        std::fs::remove_dir_all(&pxe)?;
+    }
+    std::fs::create_dir_all(&pxe)?;
+    for name in ["vmlinuz", "initramfs.cpio.gz", "rootfs.cpio"] {
+        std::os::unix::fs::symlink(std::fs::canonicalize(image_dir.join(name))?, pxe.join(name))?;
+    }
+    // Stage 1 checks the PXE rootfs against the root baked into the
+    // initramfs (the per-machine demo repository, shared with the PXE tier).
+    cairn_image::release::sign_rootfs(&demo_tuf.repo, None, &base, &image_dir.join("rootfs.erofs"))
+        .context("signing the rootfs in the demo TUF repository")?;
+    let demo_www = out.join("demo-tuf-www");
+    if demo_www.exists() {
+        std::fs::remove_dir_all(&demo_www)?;
+    }
+    cairn_tuf::repository::Repository::open(&demo_tuf.repo, None, std::time::SystemTime::now())?
+        .publish(&demo_www)?;
+    cairn_image::pxe::tuf_initrd(&demo_www.join("metadata"), &pxe.join("tuf.cpio"))?;
+    cairn_image::pxe::config_initrd(&config, &pxe.join("config.cpio"))?;
+    let pxe_http = HttpServer::start(&pxe)?;
+    std::fs::write(
+        pxe.join("boot.ipxe"),
+        cairn_image::pxe::ipxe_script(&cairn_image::pxe::BootScript {
+            base_url: &format!("http://10.0.2.2:{}", pxe_http.port),
+            version: BASE,
+            config_initrd: "config.cpio",
+            tuf_initrd: Some("tuf.cpio"),
+            extra_args: &[
+                format!("cairn.hostname={NODE}"),
+                "cairn.install=/dev/vda".into(),
+            ],
+        }),
     )?;
-    phases.insert("disk_build_s", s.done());
+    let install_log = out.join("serial-install.log");
+    eprintln!("  serial console: {}", install_log.display());
+    let mut spec = GuestSpec::pxe(&pxe, &install_log);
+    if let crate::guest::BootFrom::Pxe { disk: d, .. } = &mut spec.boot {
+        *d = Some(disk.clone());
+    }
+    let mut guest = Guest::start(&spec)?;
+    let installed = guest.wait_for_line(
+        "cairn install: installed",
+        &["cairn install on", "cairn-init: FATAL", "Kernel panic"],
+        BOOT_DEADLINE * 2,
+    )?;
+    println!("{installed}");
+    phases.insert("pxe_install_s", guest.elapsed());
+    guest
+        .wait_exit(&["Kernel panic"], BOOT_DEADLINE)
+        .context("the installed node did not reboot")?;
+    drop(guest);
+    drop(pxe_http);
+    s.done();
 
     let serial = out.join("serial.log");
     eprintln!("  serial console: {}", serial.display());
-    let mut spec = GuestSpec::disk(&disk.disk, &out.join("OVMF_VARS.fd"), &serial)?;
+    let mut spec = GuestSpec::disk(&disk, &out.join("OVMF_VARS.fd"), &serial)?;
     spec.forwards.push((api_port, 6443));
     let s = ui::step("OVMF → systemd-boot → UKI (slot A) → Kubernetes → agent");
     let mut guest = Guest::start(&spec)?;

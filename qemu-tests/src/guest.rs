@@ -49,8 +49,13 @@ impl DiskFormat {
 /// Where the guest boots from.
 #[derive(Debug, Clone)]
 pub enum BootFrom {
-    /// iPXE: QEMU's TFTP serves `tftp_dir` and DHCP names `bootfile`.
-    Pxe { tftp_dir: PathBuf, bootfile: String },
+    /// iPXE: QEMU's TFTP serves `tftp_dir` and DHCP names `bootfile`;
+    /// `disk`: a raw virtio-blk disk the guest sees (e.g. to install to).
+    Pxe {
+        tftp_dir: PathBuf,
+        bootfile: String,
+        disk: Option<PathBuf>,
+    },
     /// UEFI from a virtio-blk disk: OVMF `code` (read-only) and its
     /// variable store `vars` (written: the guest's own copy).
     Disk {
@@ -86,6 +91,7 @@ impl GuestSpec {
             boot: BootFrom::Pxe {
                 tftp_dir: tftp_dir.to_path_buf(),
                 bootfile: "boot.ipxe".into(),
+                disk: None,
             },
             mac: "52:54:00:12:34:56".into(),
             forwards: Vec::new(),
@@ -131,7 +137,9 @@ impl GuestSpec {
     /// The QEMU command line (no IO: unit-tested).
     pub fn args(&self) -> Vec<String> {
         let mut net = match &self.boot {
-            BootFrom::Pxe { tftp_dir, bootfile } => {
+            BootFrom::Pxe {
+                tftp_dir, bootfile, ..
+            } => {
                 format!("user,id=n0,tftp={},bootfile={bootfile}", tftp_dir.display())
             }
             BootFrom::Disk { .. } => "user,id=n0".to_string(),
@@ -153,7 +161,15 @@ impl GuestSpec {
             "none".into(),
         ];
         match &self.boot {
-            BootFrom::Pxe { .. } => {
+            BootFrom::Pxe { disk, .. } => {
+                if let Some(disk) = disk {
+                    a.extend([
+                        "-drive".into(),
+                        format!("if=none,id=disk0,format=raw,file={}", opt_value(disk)),
+                        "-device".into(),
+                        "virtio-blk-pci,drive=disk0".into(),
+                    ]);
+                }
                 a.extend([
                     "-no-reboot".into(),
                     "-netdev".into(),
@@ -281,6 +297,29 @@ impl Guest {
     /// Seconds since QEMU started.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// Wait until QEMU exits by itself (a PXE guest's reboot, with
+    /// -no-reboot), failing on a console line with one of `fatal`.
+    pub fn wait_exit(&mut self, fatal: &[&str], timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            let text = std::fs::read(&self.serial_log).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            if let Some(line) = text.lines().find(|l| fatal.iter().any(|f| l.contains(f))) {
+                bail!("console shows: {line}");
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "QEMU still running after {timeout:?}; last lines:\n{}",
+                    self.serial_tail(15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Fail if QEMU has exited. A PXE guest runs with -no-reboot, so there

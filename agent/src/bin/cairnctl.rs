@@ -34,6 +34,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UpdateCmd,
     },
+    /// Install cairn onto this PXE-booted node's disk (slot A: the running
+    /// version, from the update repository), seed STATE with the node's
+    /// configuration, and optionally reboot into it.
+    Install(InstallArgs),
     /// Render a directory (or a node of a fleet repo) and print the objects as YAML.
     Render {
         dir: PathBuf,
@@ -80,6 +84,99 @@ struct ApplyArgs {
     /// Namespace of the ApplySet parent Secret.
     #[arg(long, default_value = "kube-system")]
     applyset_namespace: String,
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// The whole disk, e.g. /dev/vda or /dev/nvme0n1.
+    #[arg(long, required_unless_present = "from_cmdline")]
+    disk: Option<PathBuf>,
+    /// Take the disk from the kernel command line (`cairn.install=/dev/vda`);
+    /// does nothing when it is not there.
+    #[arg(long, conflicts_with = "disk")]
+    from_cmdline: bool,
+    /// The OS version to install (default: the running one).
+    #[arg(long)]
+    version: Option<String>,
+    /// The agent's configuration (its `update:` names the update repository).
+    #[arg(long, default_value = "/etc/cairn/agent.yaml")]
+    config: PathBuf,
+    /// The node configuration tree copied into STATE's /etc.
+    #[arg(long, default_value = cairn_agent::os::install::KEPT_CONFIG)]
+    seed: PathBuf,
+    /// Overwrite a disk that holds other data or a finished cairn install.
+    #[arg(long)]
+    force: bool,
+    /// Reboot into the disk when the install succeeded.
+    #[arg(long)]
+    reboot: bool,
+    #[arg(long, default_value_t = 128)]
+    esp_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    root_mib: u64,
+    #[arg(long, default_value_t = 16)]
+    verity_mib: u64,
+    /// STATE's size (default: the rest of the disk).
+    #[arg(long)]
+    state_mib: Option<u64>,
+}
+
+fn install(a: InstallArgs) -> Result<(), String> {
+    let disk = match (a.disk, a.from_cmdline) {
+        (Some(d), _) => d,
+        (None, _) => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline")
+                .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+            match cairn_agent::os::install::disk_from_cmdline(&cmdline) {
+                Some(d) => d,
+                None => {
+                    println!("cairn install: no cairn.install= on the kernel command line; nothing to do");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let cfg = cairn_agent::AgentConfig::load(&a.config).map_err(|e| e.to_string())?;
+    let update = cfg.update.as_ref().ok_or_else(|| {
+        format!(
+            "{} has no update: section; the install reads the OS image from the update repository named there",
+            a.config.display()
+        )
+    })?;
+    let req = cairn_agent::os::install::InstallRequest {
+        disk: disk.clone(),
+        version: a.version,
+        tuf: cairn_agent::os::images::TufSettings {
+            metadata_url: update.metadata_url.clone(),
+            targets_url: update.targets_url.clone(),
+            trusted_root: update.trusted_root.clone(),
+            metadata_dir: cairn_agent::os::images::metadata_dir(&cfg.state_dir),
+        },
+        sizes: cairn_slots::install::Sizes {
+            esp_mib: a.esp_mib,
+            root_mib: a.root_mib,
+            verity_mib: a.verity_mib,
+            state_mib: a.state_mib,
+        },
+        force: a.force,
+        config_etc: a.seed,
+    };
+    let say = |line: String| println!("cairn install: {line}");
+    let (version, report) = cairn_agent::os::install::install_disk(&req, say)
+        .map_err(|e| format!("cairn install on {} failed: {e}", disk.display()))?;
+    println!(
+        "cairn install: installed {version} on {} as slot a ({}) in {:.0} s; root-a written at {:.0} MB/s and read back at {:.0} MB/s",
+        disk.display(),
+        report.entry,
+        report.seconds,
+        report.root.write_throughput() / 1e6,
+        report.root.verify_throughput() / 1e6
+    );
+    if a.reboot {
+        println!("cairn install: rebooting into the disk");
+        cairn_agent::os::install::reboot()?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -208,6 +305,7 @@ fn apply(a: ApplyArgs) -> Result<(), String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Apply(a) => apply(a)?,
+        Cmd::Install(a) => install(a)?,
         Cmd::Update {
             cmd: UpdateCmd::Status { state_dir, esp },
         } => {

@@ -29,6 +29,7 @@
 pub mod drain;
 pub mod host;
 pub mod images;
+pub mod install;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -36,6 +36,7 @@
 
 pub mod entry;
 pub mod esp;
+pub mod install;
 pub mod layout;
 pub mod plan;
 pub mod release;

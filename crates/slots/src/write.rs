@@ -74,9 +74,14 @@ pub struct PartitionFile {
     file: File,
     /// The same partition opened with `O_DIRECT`, if the device allows it.
     direct: Option<File>,
-    /// Where the next read or write goes (both handles use positional I/O).
+    /// Where the next read or write goes (both handles use positional I/O),
+    /// relative to `base`.
     pos: u64,
     is_block: bool,
+    /// Offset of the partition in `path` (0: the path is the partition).
+    base: u64,
+    /// The partition's size when it is a window of a larger file.
+    limit: Option<u64>,
 }
 
 impl PartitionFile {
@@ -114,7 +119,29 @@ impl PartitionFile {
             direct,
             pos: 0,
             is_block,
+            base: 0,
+            limit: None,
         })
+    }
+
+    /// Open the `size` bytes at `start` of the disk (or disk image) `path`
+    /// as one partition — for writing a disk whose new partition table the
+    /// kernel has not read yet. `start` must be a multiple of
+    /// [`DIRECT_ALIGN`] for `O_DIRECT` transfers (cairn aligns partitions to
+    /// 1 MiB).
+    pub fn window(path: &Path, label: &str, start: u64, size: u64) -> Result<Self, WriteError> {
+        let mut f = Self::open(path, label)?;
+        f.base = start;
+        f.limit = Some(size);
+        Ok(f)
+    }
+
+    /// How many of `len` bytes fit before the window's end.
+    fn clamp(&self, len: usize) -> usize {
+        match self.limit {
+            Some(limit) => len.min(usize::try_from(limit.saturating_sub(self.pos)).unwrap_or(len)),
+            None => len,
+        }
     }
 
     /// Whether aligned blocks bypass the page cache (`O_DIRECT`).
@@ -128,16 +155,19 @@ impl PartitionFile {
         let direct = self.direct.as_ref()?;
         let n = len - len % DIRECT_ALIGN;
         let aligned = (addr as usize).is_multiple_of(DIRECT_ALIGN)
-            && self.pos.is_multiple_of(DIRECT_ALIGN as u64);
+            && (self.base + self.pos).is_multiple_of(DIRECT_ALIGN as u64);
         (aligned && n > 0).then_some((direct, n))
     }
 }
 
 impl Read for PartitionFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.clamp(buf.len());
+        let buf = &mut buf[..n];
+        let at = self.base + self.pos;
         let n = match self.direct_len(buf.as_ptr(), buf.len()) {
-            Some((direct, n)) => direct.read_at(&mut buf[..n], self.pos)?,
-            None => self.file.read_at(buf, self.pos)?,
+            Some((direct, n)) => direct.read_at(&mut buf[..n], at)?,
+            None => self.file.read_at(buf, at)?,
         };
         self.pos += n as u64;
         Ok(n)
@@ -146,9 +176,15 @@ impl Read for PartitionFile {
 
 impl Write for PartitionFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.clamp(buf.len());
+        let buf = &buf[..n];
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let at = self.base + self.pos;
         let n = match self.direct_len(buf.as_ptr(), buf.len()) {
-            Some((direct, n)) => direct.write_at(&buf[..n], self.pos)?,
-            None => self.file.write_at(buf, self.pos)?,
+            Some((direct, n)) => direct.write_at(&buf[..n], at)?,
+            None => self.file.write_at(buf, at)?,
         };
         self.pos += n as u64;
         Ok(n)
@@ -164,7 +200,9 @@ impl Seek for PartitionFile {
             SeekFrom::Start(p) => Some(p),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
             SeekFrom::End(d) => {
-                let end = if self.is_block {
+                let end = if let Some(limit) = self.limit {
+                    limit
+                } else if self.is_block {
                     self.file.seek(SeekFrom::End(0))?
                 } else {
                     self.file.metadata()?.len()
@@ -184,12 +222,23 @@ impl Seek for PartitionFile {
 
 impl BlockTarget for PartitionFile {
     fn describe(&self) -> String {
-        format!("{} ({})", self.path.display(), self.label)
+        match self.limit {
+            Some(_) => format!(
+                "{} ({}, at {} MiB)",
+                self.path.display(),
+                self.label,
+                self.base >> 20
+            ),
+            None => format!("{} ({})", self.path.display(), self.label),
+        }
     }
 
     /// A block device's size; a regular file's current length, or `None`
     /// (unbounded) when it is empty.
     fn capacity(&mut self) -> io::Result<Option<u64>> {
+        if let Some(limit) = self.limit {
+            return Ok(Some(limit));
+        }
         if self.is_block {
             let end = self.file.seek(SeekFrom::End(0))?;
             self.file.seek(SeekFrom::Start(0))?;
@@ -206,7 +255,7 @@ impl BlockTarget for PartitionFile {
     fn drop_cache(&mut self, len: u64) -> io::Result<()> {
         rustix::fs::fadvise(
             &self.file,
-            0,
+            self.base,
             NonZeroU64::new(len),
             rustix::fs::Advice::DontNeed,
         )
