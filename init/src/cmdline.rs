@@ -15,6 +15,10 @@
 //! - `cairn.verity=`: the dm-verity root hash of `root-<slot>`, 64 hex
 //!   digits (sha256). The only trusted input for the root: everything else
 //!   is read from the verity superblock and checked against it by the kernel.
+//!
+//! `cairn.install=<disk>` is for stage 2 (`cairnctl install --from-cmdline`
+//! writes a PXE-booted node to that disk); stage 1 accepts it on PXE boots
+//! only.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +79,9 @@ const KNOWN: &[&str] = &[
     "cairn.slot",
     "cairn.version",
     "cairn.verity",
+    // read by stage 2 (cairn-install.service): install this PXE boot to the
+    // named disk; stage 1 only checks it is not on a disk boot
+    "cairn.install",
 ];
 
 impl Cmdline {
@@ -111,7 +118,14 @@ impl Cmdline {
                 }
                 Mode::Pxe
             }
-            (None | Some("disk"), true) => Mode::Disk(disk_boot(&kv)?),
+            (None | Some("disk"), true) => {
+                if kv.contains_key("cairn.install") {
+                    return Err(InitError::Cmdline(
+                        "cairn.install= installs a PXE boot to a disk; this is a disk boot (cairn.slot=)".into(),
+                    ));
+                }
+                Mode::Disk(disk_boot(&kv)?)
+            }
             (Some("disk"), false) => {
                 return Err(InitError::Cmdline(
                     "cairn.mode=disk needs cairn.slot=a|b, cairn.version= and cairn.verity=".into(),
@@ -267,6 +281,18 @@ mod tests {
     fn unknown_cairn_key_is_an_error_naming_it() {
         let e = Cmdline::parse("cairn.hostnme=x").unwrap_err();
         assert!(e.to_string().contains("cairn.hostnme"), "{e}");
+    }
+
+    #[test]
+    fn install_is_for_stage_2_on_pxe_boots_only() {
+        let c = Cmdline::parse("cairn.hostname=n1 cairn.install=/dev/vda").unwrap();
+        assert_eq!(c.mode, Mode::Pxe);
+        let h = "ab".repeat(32);
+        let e = Cmdline::parse(&format!(
+            "cairn.slot=a cairn.version=1.0.0 cairn.verity={h} cairn.install=/dev/vda"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("disk boot"), "{e}");
     }
 
     #[test]
