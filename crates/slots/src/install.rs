@@ -627,7 +627,13 @@ pub fn install_fresh(
         Region::new(clone()?, esp.start, esp.size),
         fatfs::FormatVolumeOptions::new()
             .fat_type(fatfs::FatType::Fat32)
-            .volume_label(*ESP_VOLUME_LABEL),
+            .volume_label(*ESP_VOLUME_LABEL)
+            // a fresh serial per disk, as mkfs.vfat makes (udev's by-uuid)
+            .volume_id(u32::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..4]
+                    .try_into()
+                    .unwrap_or([0x43, 0x41, 0x49, 0x52]),
+            )),
     )
     .map_err(esp_err("formatting FAT32"))?;
     {
