@@ -1,7 +1,8 @@
 //! A disk-installed node for the A/B update tier: a blank disk, a PXE boot
 //! with `cairn.install=/dev/vda` (SeaBIOS + iPXE), in which cairn writes
 //! itself to the disk (slot A = the built version, from the update
-//! repository; STATE seeded with the node's configuration) and reboots;
+//! repository; STATE seeded with the node's configuration) and reboots —
+//! after a first attempt cut off by a power cut while root-a is written;
 //! then the disk booted with OVMF + systemd-boot under TCG; a fresh TUF
 //! repository with signed OS versions served over HTTP; the signed fleet
 //! repository served by `git daemon`.
@@ -313,10 +314,29 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
     if let crate::guest::BootFrom::Pxe { disk: d, .. } = &mut spec.boot {
         *d = Some(disk.clone());
     }
+    let install_fatal = ["cairn install on", "cairn-init: FATAL", "Kernel panic"];
+    let mut guest = Guest::start(&spec)?;
+    // The power is cut while root-a is written (it takes a minute under
+    // TCG): the disk is left without a boot loader, and the next PXE boot
+    // starts the install over.
+    let line = guest.wait_for_line(
+        "cairn install: /dev/vda: writing root-a",
+        &install_fatal,
+        BOOT_DEADLINE * 2,
+    )?;
+    guest.kill();
+    println!("power cut during the install: {line}");
+    let left = cairn_slots::install::inspect(&disk)?;
+    anyhow::ensure!(
+        left == cairn_slots::install::DiskContent::Unfinished,
+        "a power cut during the install must leave an unfinished install (no boot loader), found {left:?}"
+    );
+    spec.serial_log = out.join("serial-install-2.log");
+    eprintln!("  power cut; console now {}", spec.serial_log.display());
     let mut guest = Guest::start(&spec)?;
     let installed = guest.wait_for_line(
         "cairn install: installed",
-        &["cairn install on", "cairn-init: FATAL", "Kernel panic"],
+        &install_fatal,
         BOOT_DEADLINE * 2,
     )?;
     println!("{installed}");

@@ -1,7 +1,10 @@
 //! Slow tier: A/B OS updates on a disk-booted QEMU node (OVMF + systemd-boot
 //! under TCG). Run by `cargo run --release -p qemu-tests -- test`.
 //!
-//! One VM life, in order: slot A runs the base version; an unsigned
+//! A blank disk first: the machine PXE-boots with `cairn.install=/dev/vda`,
+//! the power is cut while root-a is written, the next PXE boot starts the
+//! install over, finishes it and reboots; then the disk boots under OVMF.
+//! From there, in order: slot A runs the base version; an unsigned
 //! version named in Git is refused; a signed version whose bytes were
 //! tampered with on the server is refused; a good version is being written
 //! into slot B when the power is cut — slot A comes back, the install

@@ -658,6 +658,7 @@ pub fn install_fresh(
         drop(root_dir);
         fs.unmount().map_err(esp_err("flushing"))?;
     }
+    f.sync_all().map_err(io_err("syncing", disk))?;
 
     progress(InstallStep::WriteRoot);
     let root_report = {
