@@ -428,6 +428,23 @@ mod tests {
         assert!(a.contains("-boot n"));
         assert!(a.contains("-serial file:/tmp/serial.log"));
         assert!(a.contains("-no-reboot"));
+        assert!(!a.contains("virtio-blk"), "no disk unless asked: {a}");
+    }
+
+    #[test]
+    fn a_pxe_guest_can_see_a_disk_to_install_to() {
+        let mut s = GuestSpec::pxe(Path::new("/srv/pxe"), Path::new("/tmp/serial.log"));
+        if let BootFrom::Pxe { disk, .. } = &mut s.boot {
+            *disk = Some(PathBuf::from("/tmp/a,b/disk.raw"));
+        }
+        let a = s.args().join(" ");
+        assert!(
+            a.contains("-drive if=none,id=disk0,format=raw,file=/tmp/a,,b/disk.raw -device virtio-blk-pci,drive=disk0 "),
+            "{a}"
+        );
+        // still a network boot, and no bootindex: SeaBIOS boots iPXE
+        assert!(a.contains("-boot n"));
+        assert!(!a.contains("bootindex"), "{a}");
     }
 
     #[test]

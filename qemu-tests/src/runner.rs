@@ -215,7 +215,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
         results.push((
             "root",
             tier(
-                "root: slot install onto loop devices (O_DIRECT, broken download, resume)",
+                "root: slot install onto loop devices (O_DIRECT, broken download, resume) and a fresh disk install onto a loop disk",
                 &mut c(&[
                     "test",
                     "--workspace",

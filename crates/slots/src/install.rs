@@ -1143,6 +1143,62 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "root tier: needs root and loop devices (the test command runs it)"]
+    fn root_tier_fresh_install_onto_a_loop_disk() {
+        let mut f = fixture(200);
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&f.disk)
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        struct Detach(PathBuf);
+        impl Drop for Detach {
+            fn drop(&mut self) {
+                let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+            }
+        }
+        let _detach = Detach(dev.clone());
+        assert!(
+            PartitionFile::window(&dev, "root-a", MIB, MIB)
+                .unwrap()
+                .is_direct(),
+            "a loop device takes O_DIRECT"
+        );
+        let mke2fs = mke2fs();
+        let p = FreshInstall {
+            disk: &dev,
+            sizes: SIZES,
+            images: &f.images,
+            systemd_boot: &f.boot,
+            config_etc: Some(&f.config),
+            hostname: Some("node1"),
+            mke2fs: &mke2fs,
+            force: false,
+        };
+        let report = install_fresh(&p, &mut f.src, |_| {}).unwrap();
+        assert_eq!(report.rows[5].start + report.rows[5].size, 199 * MIB);
+        drop(_detach);
+        // Read back through the image file: what the device wrote.
+        let layout = DiskLayout::find(&GptSource::new(&f.disk)).unwrap();
+        let root = region(&f.disk, &layout.root_a);
+        assert_eq!(&root[..f.src.root.len()], &f.src.root[..]);
+        assert_eq!(
+            esp_file(&f.disk, &layout.esp, BOOT_LOADER_PATH).unwrap(),
+            b"MZ systemd-boot"
+        );
+        assert!(matches!(
+            inspect(&f.disk).unwrap(),
+            DiskContent::Installed(_)
+        ));
+    }
+
+    #[test]
     fn too_small_disks_and_bad_sizes_are_named() {
         let err = table(&Sizes::default(), Path::new("/dev/vda"), 2048 * MIB)
             .unwrap_err()
