@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::cluster::Cluster;
 use crate::fleet::FleetRepo;
 use crate::guest::{Guest, GuestSpec};
+use crate::prepare::{PxeBoot, PxeDir};
 use crate::servers::{free_port, GitDaemon, HttpServer};
 use crate::{prepare, ui, wait_until};
 
@@ -109,44 +110,20 @@ pub fn boot_and_converge(opts: &DemoOptions) -> Result<Demo> {
 
     let s = ui::step("cluster PKI, node configuration, PXE files, HTTP server");
     let api_port = free_port()?;
-    let pxe = out.join("pxe");
-    if pxe.exists() {
-        std::fs::remove_dir_all(&pxe)?;
-    }
-    std::fs::create_dir_all(&pxe)?;
-    for (name, src) in [
-        ("vmlinuz", &built.vmlinuz),
-        ("initramfs.cpio.gz", &built.initramfs),
-        ("rootfs.cpio", &built.rootfs_initrd),
-    ] {
-        std::os::unix::fs::symlink(std::fs::canonicalize(src)?, pxe.join(name))?;
-    }
-    // The update repository signs this version's rootfs; its metadata is
-    // one more initrd, and stage 1 checks the rootfs against it.
-    let version = cairn_slots::OsVersion::new(&opts.version)?;
-    cairn_image::release::sign_rootfs(&tuf.repo, None, &version, &image_dir.join("rootfs.erofs"))
-        .context("signing the rootfs in the demo TUF repository")?;
-    let tuf_www = out.join("tuf-www");
-    if tuf_www.exists() {
-        std::fs::remove_dir_all(&tuf_www)?;
-    }
-    cairn_tuf::repository::Repository::open(&tuf.repo, None, std::time::SystemTime::now())?
-        .publish(&tuf_www)?;
-    cairn_image::pxe::tuf_initrd(&tuf_www.join("metadata"), &pxe.join("tuf.cpio"))?;
     let config = out.join("config");
     let admin_kubeconfig = out.join("admin.kubeconfig");
     node_config(&config, &admin_kubeconfig, git.port, api_port, None)?;
-    cairn_image::pxe::config_initrd(&config, &pxe.join("config-node1.cpio"))?;
-    let http = HttpServer::start(&pxe)?;
-    std::fs::write(
-        pxe.join("boot.ipxe"),
-        cairn_image::pxe::ipxe_script(&cairn_image::pxe::BootScript {
-            base_url: &format!("http://10.0.2.2:{}", http.port),
+    let PxeDir { dir: pxe, http } = tuf.pxe_dir(
+        out,
+        &PxeBoot {
+            vmlinuz: &built.vmlinuz,
+            initramfs: &built.initramfs,
+            rootfs_initrd: &built.rootfs_initrd,
+            rootfs: &image_dir.join("rootfs.erofs"),
             version: &opts.version,
-            config_initrd: "config-node1.cpio",
-            tuf_initrd: Some("tuf.cpio"),
+            config: &config,
             extra_args: &extra_kernel_args(),
-        }),
+        },
     )?;
     s.done();
 

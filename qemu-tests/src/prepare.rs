@@ -128,6 +128,73 @@ pub struct DemoTuf {
     pub root: PathBuf,
 }
 
+/// A PXE directory `out/pxe` served over HTTP for one node.
+pub struct PxeDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its server (stops when dropped).
+    pub http: crate::servers::HttpServer,
+}
+
+/// What goes into a [`PxeDir`].
+pub struct PxeBoot<'a> {
+    /// Kernel, stage-1 initramfs and rootfs initrd.
+    pub vmlinuz: &'a Path,
+    pub initramfs: &'a Path,
+    pub rootfs_initrd: &'a Path,
+    /// The rootfs image the demo update repository signs as `version`.
+    pub rootfs: &'a Path,
+    pub version: &'a str,
+    /// The node's configuration tree (becomes `config.cpio`).
+    pub config: &'a Path,
+    /// Kernel arguments besides the PXE ones.
+    pub extra_args: &'a [String],
+}
+
+impl DemoTuf {
+    /// Sign `b.rootfs` as `b.version` in the demo update repository, and
+    /// lay out a PXE directory whose `tuf.cpio` carries that metadata
+    /// (stage 1 checks the rootfs against it), the node configuration and
+    /// `boot.ipxe`; serve it over HTTP.
+    pub fn pxe_dir(&self, out: &Path, b: &PxeBoot) -> Result<PxeDir> {
+        let dir = out.join("pxe");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        for (name, src) in [
+            ("vmlinuz", b.vmlinuz),
+            ("initramfs.cpio.gz", b.initramfs),
+            ("rootfs.cpio", b.rootfs_initrd),
+        ] {
+            std::os::unix::fs::symlink(std::fs::canonicalize(src)?, dir.join(name))?;
+        }
+        let version = cairn_slots::OsVersion::new(b.version)?;
+        cairn_image::release::sign_rootfs(&self.repo, None, &version, b.rootfs)
+            .context("signing the rootfs in the demo TUF repository")?;
+        let www = out.join("demo-tuf-www");
+        if www.exists() {
+            std::fs::remove_dir_all(&www)?;
+        }
+        cairn_tuf::repository::Repository::open(&self.repo, None, std::time::SystemTime::now())?
+            .publish(&www)?;
+        cairn_image::pxe::tuf_initrd(&www.join("metadata"), &dir.join("tuf.cpio"))?;
+        cairn_image::pxe::config_initrd(b.config, &dir.join("config.cpio"))?;
+        let http = crate::servers::HttpServer::start(&dir)?;
+        std::fs::write(
+            dir.join("boot.ipxe"),
+            cairn_image::pxe::ipxe_script(&cairn_image::pxe::BootScript {
+                base_url: &format!("http://10.0.2.2:{}", http.port),
+                version: b.version,
+                config_initrd: "config.cpio",
+                tuf_initrd: Some("tuf.cpio"),
+                extra_args: b.extra_args,
+            }),
+        )?;
+        Ok(PxeDir { dir, http })
+    }
+}
+
 pub fn demo_tuf() -> Result<DemoTuf> {
     let repo = cairn_image::cache_dir().join("demo-tuf");
     let root = repo.join("metadata/root.json");

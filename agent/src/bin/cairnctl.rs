@@ -174,7 +174,7 @@ fn install(a: InstallArgs) -> Result<(), String> {
     );
     if a.reboot {
         println!("cairn install: rebooting into the disk");
-        cairn_agent::os::install::reboot()?;
+        cairn_agent::os::host::systemctl_reboot(true)?;
     }
     Ok(())
 }

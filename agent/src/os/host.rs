@@ -268,16 +268,23 @@ impl Systemd {
 }
 
 /// Last resort when the system bus is not there: `systemctl reboot` talks
-/// to PID 1 over its private socket.
-pub fn systemctl_reboot() -> Result<(), String> {
+/// to PID 1 over its private socket. `no_block` returns as soon as the job
+/// is queued (for a caller that is itself a unit the reboot stops).
+pub fn systemctl_reboot(no_block: bool) -> Result<(), String> {
+    let args: &[&str] = if no_block {
+        &["--no-block", "reboot"]
+    } else {
+        &["reboot"]
+    };
+    let shown = format!("systemctl {}", args.join(" "));
     let st = std::process::Command::new("systemctl")
-        .arg("reboot")
+        .args(args)
         .status()
-        .map_err(|e| format!("systemctl reboot: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
     if st.success() {
         Ok(())
     } else {
-        Err(format!("systemctl reboot: {st}"))
+        Err(format!("{shown}: {st}"))
     }
 }
 

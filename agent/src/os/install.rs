@@ -52,14 +52,6 @@ pub struct InstallRequest {
     pub config_etc: PathBuf,
 }
 
-fn mke2fs() -> PathBuf {
-    ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("mke2fs"))
-}
-
 /// Install to the disk; `say` hears one line per step.
 pub fn install_disk(
     req: &InstallRequest,
@@ -107,7 +99,7 @@ pub fn install_disk(
         updater: &up,
         release: &release,
     };
-    let mke2fs = mke2fs();
+    let mke2fs = cairn_slots::install::find_mke2fs();
     let p = FreshInstall {
         disk: &req.disk,
         sizes: req.sizes,
@@ -123,20 +115,6 @@ pub fn install_disk(
     })
     .map_err(|e| e.to_string())?;
     Ok((version, report))
-}
-
-/// Reboot without waiting for the job (the caller may be a unit the
-/// reboot stops).
-pub fn reboot() -> Result<(), String> {
-    let st = std::process::Command::new("systemctl")
-        .args(["--no-block", "reboot"])
-        .status()
-        .map_err(|e| format!("systemctl --no-block reboot: {e}"))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("systemctl --no-block reboot: {st}"))
-    }
 }
 
 #[cfg(test)]

@@ -758,7 +758,7 @@ impl OsUpdate {
         };
         if let Err(e) = r {
             log::warn!("reboot over D-Bus: {e}; trying systemctl");
-            if let Err(e2) = host::systemctl_reboot() {
+            if let Err(e2) = host::systemctl_reboot(false) {
                 self.say(ctx, format!("reboot: {e}; {e2}")).await;
             }
         }
@@ -932,7 +932,7 @@ pub fn watchdog(state_dir: &std::path::Path, grace: u64, unnoted: u64) -> Result
                 };
                 apply_post_boot(&action, &booted, &mut DirEsp::new(esp), &store)
                     .map_err(|e| e.to_string())?;
-                host::systemctl_reboot()?;
+                host::systemctl_reboot(false)?;
                 return Ok(format!(
                     "{version} in slot {slot}: {reason}; marked bad, rebooting into slot {}",
                     slot.other()

@@ -142,6 +142,17 @@ pub enum ImagePart {
     Uki,
 }
 
+impl ImagePart {
+    /// How messages name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImagePart::Root => "root",
+            ImagePart::Verity => "verity",
+            ImagePart::Uki => "UKI",
+        }
+    }
+}
+
 /// Where the artifacts' bytes come from (a download, a cache). Each call
 /// starts a fresh stream from the beginning; the plan checks length and
 /// hash.
@@ -220,7 +231,7 @@ pub enum PlanError {
     #[error(transparent)]
     State(#[from] StateError),
     /// An artifact could not be opened.
-    #[error("opening the {part:?} image of {version} failed: {source}; the download or cache is unavailable, retry")]
+    #[error("opening the {} image of {version} failed: {source}; the download or cache is unavailable, retry", .part.describe())]
     Source {
         /// Which one.
         part: ImagePart,
