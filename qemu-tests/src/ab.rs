@@ -27,6 +27,7 @@ use crate::cluster::Cluster;
 use crate::demo::NODE;
 use crate::fleet::FleetRepo;
 use crate::guest::{Guest, GuestSpec};
+use crate::prepare::{PxeBoot, PxeDir};
 use crate::servers::{free_port, GitDaemon, HttpServer};
 use crate::{prepare, ui, wait_until};
 
@@ -57,6 +58,8 @@ pub struct AbNode {
     pub fleet: FleetRepo,
     pub phases: BTreeMap<&'static str, f64>,
     pub tuf_www: PathBuf,
+    /// The machine's disk (a raw file the host can read while it runs).
+    pub disk: PathBuf,
     _http: HttpServer,
     _git: GitDaemon,
 }
@@ -120,6 +123,12 @@ impl AbNode {
         Ok(start.elapsed().as_secs_f64())
     }
 
+    /// The ESP as the firmware would read it now (the guest's writes
+    /// reach the disk file when the guest flushes or writes back).
+    pub fn esp(&self) -> Result<cairn_slots::install::EspView> {
+        Ok(cairn_slots::install::view_esp(&self.disk)?)
+    }
+
     /// How many times the guest switched root (one per boot), over all its
     /// lives.
     pub fn boots(&self) -> usize {
@@ -142,8 +151,19 @@ impl AbNode {
     /// console continues in `serial-<n>.log`; waits for the next
     /// switch_root.
     pub fn power_cycle(&mut self) -> Result<()> {
+        self.power_off();
+        self.power_on()
+    }
+
+    /// The first half of [`AbNode::power_cycle`]: the disk file then holds
+    /// what the guest left behind.
+    pub fn power_off(&mut self) {
         self.earlier_boots += self.boots_this_life();
         self.guest.kill();
+    }
+
+    /// The second half of [`AbNode::power_cycle`].
+    pub fn power_on(&mut self) -> Result<()> {
         self.lives += 1;
         self.spec.serial_log = self.out.join(format!("serial-{}.log", self.lives));
         eprintln!(
@@ -268,45 +288,28 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
 
     // The machine: a blank disk. It PXE-boots once with cairn.install=,
     // writes itself to the disk and reboots into it.
-    let base = cairn_slots::OsVersion::new(BASE)?;
     let s =
         ui::step("PXE boot with cairn.install=/dev/vda → cairn installs itself to the blank disk");
     let disk = out.join("disk.raw");
     let _ = std::fs::remove_file(&disk);
     std::fs::File::create(&disk)?.set_len(cairn_image::disk::DiskSizes::default().disk_bytes())?;
-    let pxe = out.join("pxe");
-    if pxe.exists() {
-        std::fs::remove_dir_all(&pxe)?;
-    }
-    std::fs::create_dir_all(&pxe)?;
-    for name in ["vmlinuz", "initramfs.cpio.gz", "rootfs.cpio"] {
-        std::os::unix::fs::symlink(std::fs::canonicalize(image_dir.join(name))?, pxe.join(name))?;
-    }
-    // Stage 1 checks the PXE rootfs against the root baked into the
-    // initramfs (the per-machine demo repository, shared with the PXE tier).
-    cairn_image::release::sign_rootfs(&demo_tuf.repo, None, &base, &image_dir.join("rootfs.erofs"))
-        .context("signing the rootfs in the demo TUF repository")?;
-    let demo_www = out.join("demo-tuf-www");
-    if demo_www.exists() {
-        std::fs::remove_dir_all(&demo_www)?;
-    }
-    cairn_tuf::repository::Repository::open(&demo_tuf.repo, None, std::time::SystemTime::now())?
-        .publish(&demo_www)?;
-    cairn_image::pxe::tuf_initrd(&demo_www.join("metadata"), &pxe.join("tuf.cpio"))?;
-    cairn_image::pxe::config_initrd(&config, &pxe.join("config.cpio"))?;
-    let pxe_http = HttpServer::start(&pxe)?;
-    std::fs::write(
-        pxe.join("boot.ipxe"),
-        cairn_image::pxe::ipxe_script(&cairn_image::pxe::BootScript {
-            base_url: &format!("http://10.0.2.2:{}", pxe_http.port),
+    let PxeDir {
+        dir: pxe,
+        http: pxe_http,
+    } = demo_tuf.pxe_dir(
+        out,
+        &PxeBoot {
+            vmlinuz: &image_dir.join("vmlinuz"),
+            initramfs: &image_dir.join("initramfs.cpio.gz"),
+            rootfs_initrd: &image_dir.join("rootfs.cpio"),
+            rootfs: &image_dir.join("rootfs.erofs"),
             version: BASE,
-            config_initrd: "config.cpio",
-            tuf_initrd: Some("tuf.cpio"),
+            config: &config,
             extra_args: &[
                 format!("cairn.hostname={NODE}"),
                 "cairn.install=/dev/vda".into(),
             ],
-        }),
+        },
     )?;
     let install_log = out.join("serial-install.log");
     eprintln!("  serial console: {}", install_log.display());
@@ -386,6 +389,7 @@ pub fn boot_disk_node(out: &Path) -> Result<AbNode> {
         fleet,
         phases,
         tuf_www: www,
+        disk,
         _http: http,
         _git: git,
     })

@@ -8,7 +8,8 @@
 //! version named in Git is refused; a signed version whose bytes were
 //! tampered with on the server is refused; a good version is being written
 //! into slot B when the power is cut — slot A comes back, the install
-//! resumes, and slot B is booted, gated and blessed; a bad version (its kubelet cannot
+//! resumes; the power is cut again as soon as slot B's entry is on the
+//! ESP, and slot B boots on trial, is gated and blessed; a bad version (its kubelet cannot
 //! start) is installed into slot A, fails the health gate, is marked bad,
 //! and the node comes back on slot B by itself and reports it.
 
@@ -97,16 +98,63 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
         cut.elapsed().as_secs_f64()
     );
     assert_eq!(node.boots(), 2, "the power cut boots slot A again");
+    // A second cut as soon as slot B's trial entry is on the ESP (the
+    // UKI's rename is what makes the slot bootable; the agent may not have
+    // saved `installed` yet, nor asked for the reboot): the next boot is
+    // slot B, on trial.
+    let entry = format!("cairn-b-{GOOD}+3.efi");
+    wait_until("slot B's trial entry on the ESP", UPDATE_DEADLINE, || {
+        node.guest.check_alive()?;
+        Ok(node.esp()?.entries.contains(&entry).then_some(()))
+    })
+    .unwrap();
+    node.power_off();
+    let before = node.boots();
+    let esp = node.esp().unwrap();
+    println!(
+        "second power cut with {entry} on the ESP: entries {:?}, loader.conf {:?}",
+        esp.entries, esp.loader_conf
+    );
+    assert!(esp.entries.contains(&entry), "{:?}", esp.entries);
+    // as the firmware will read it: the signed UKI, whole
+    let on_esp =
+        cairn_slots::install::read_esp_file(&node.disk, &format!("EFI/Linux/{entry}")).unwrap();
+    let published = std::fs::read_dir(node.tuf_www.join("targets/cairn").join(GOOD))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("uki-b.efi"))
+        .expect("the published UKI for slot B");
+    assert!(
+        on_esp == std::fs::read(&published).unwrap(),
+        "{entry} on the ESP ({} bytes) is not {} as published",
+        on_esp.len(),
+        published.display()
+    );
+    node.power_on().unwrap();
+    let stage1 = node
+        .guest
+        .wait_for_line(
+            "disk mode: slot",
+            &["cairn-init: FATAL"],
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(
+        stage1.contains("slot b"),
+        "a power cut after slot B's entry was installed: {stage1}"
+    );
     node.wait_running("the good version blessed on slot B", GOOD, "b")
         .unwrap();
     let to_blessed = started.elapsed().as_secs_f64();
     assert_eq!(
         node.boots(),
-        3,
-        "after the power cut, exactly one reboot into slot B"
+        before + 1,
+        "after the second power cut, slot B boots once and is blessed"
     );
+    let base_boots = node.boots();
     println!(
-        "update available → blessed on B (with a power cut during the write): {to_blessed:.0} s"
+        "update available → blessed on B (with two power cuts: during the write, after the entry): {to_blessed:.0} s"
     );
 
     // 4. A bad version: installed into A, fails the gate, B comes back.
@@ -125,7 +173,7 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
     let to_rollback = started.elapsed().as_secs_f64();
     println!("bad update → back on B: {to_rollback:.0} s ({failed})");
     assert!(failed.contains("kubelet.service"), "{failed}");
-    assert_eq!(node.boots(), 5, "into the bad slot and back");
+    assert_eq!(node.boots(), base_boots + 2, "into the bad slot and back");
     // not retried: the agent says so (after reading the same commit again)
     wait_until("the agent to report the block", UPDATE_DEADLINE, || {
         node.guest.check_alive()?;
@@ -134,7 +182,11 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
             .filter(|u| u.contains("is not retried")))
     })
     .unwrap();
-    assert_eq!(node.boots(), 5, "a failed version is not retried");
+    assert_eq!(
+        node.boots(),
+        base_boots + 2,
+        "a failed version is not retried"
+    );
     let phases = serde_json::json!({
         "phases": node.phases,
         "update_to_blessed_s": to_blessed,

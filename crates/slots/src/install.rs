@@ -465,14 +465,64 @@ pub fn inspect(disk: &Path) -> Result<DiskContent, InstallError> {
             )))
         }
     };
-    let region = Region::new(f, layout.esp.start, layout.esp.size);
-    let Ok(fs) = fatfs::FileSystem::new(region, fatfs::FsOptions::new()) else {
-        return Ok(DiskContent::Unfinished);
-    };
-    let root = fs.root_dir();
-    if root.open_file(BOOT_LOADER_PATH).is_err() {
-        return Ok(DiskContent::Unfinished);
+    match read_esp(f, &layout) {
+        Some(v) if v.boot_loader => Ok(DiskContent::Installed(v.entries)),
+        _ => Ok(DiskContent::Unfinished),
     }
+}
+
+/// What the firmware and systemd-boot would find on a cairn ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspView {
+    /// `EFI/BOOT/BOOTX64.EFI` is there.
+    pub boot_loader: bool,
+    /// File names in `EFI/Linux`, sorted.
+    pub entries: Vec<String>,
+    /// `loader/loader.conf`, if readable.
+    pub loader_conf: Option<String>,
+}
+
+/// Read the ESP of the cairn disk (or disk image) `disk` without writing
+/// to it, e.g. to see what a machine left behind when its power was cut.
+pub fn view_esp(disk: &Path) -> Result<EspView, InstallError> {
+    let mut f = File::open(disk).map_err(io_err("opening", disk))?;
+    let shown = disk.display().to_string();
+    let layout = DiskLayout::find(&Parts(read_gpt(&mut f, &shown)?, shown))?;
+    read_esp(f, &layout).ok_or_else(|| InstallError::Esp {
+        disk: disk.display().to_string(),
+        op: "opening the FAT file system".into(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "not a FAT file system"),
+    })
+}
+
+/// The bytes of `path` (e.g. `EFI/Linux/<entry>`) on the ESP of `disk`,
+/// read without writing to the disk.
+pub fn read_esp_file(disk: &Path, path: &str) -> Result<Vec<u8>, InstallError> {
+    let mut f = File::open(disk).map_err(io_err("opening", disk))?;
+    let shown = disk.display().to_string();
+    let layout = DiskLayout::find(&Parts(read_gpt(&mut f, &shown)?, shown.clone()))?;
+    let err = |op: String| {
+        let disk = shown.clone();
+        move |source| InstallError::Esp { disk, op, source }
+    };
+    let fs = fatfs::FileSystem::new(
+        Region::new(f, layout.esp.start, layout.esp.size),
+        fatfs::FsOptions::new(),
+    )
+    .map_err(err("opening the FAT file system".into()))?;
+    let mut out = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .and_then(|mut file| file.read_to_end(&mut out))
+        .map_err(err(format!("reading {path}")))?;
+    Ok(out)
+}
+
+fn read_esp(f: File, layout: &DiskLayout) -> Option<EspView> {
+    let region = Region::new(f, layout.esp.start, layout.esp.size);
+    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).ok()?;
+    let root = fs.root_dir();
+    let boot_loader = root.open_file(BOOT_LOADER_PATH).is_ok();
     let mut entries = Vec::new();
     if let Ok(dir) = root.open_dir(LINUX_DIR) {
         for e in dir.iter().flatten() {
@@ -482,7 +532,15 @@ pub fn inspect(disk: &Path) -> Result<DiskContent, InstallError> {
         }
     }
     entries.sort();
-    Ok(DiskContent::Installed(entries))
+    let loader_conf = root.open_file(LOADER_CONF).ok().and_then(|mut c| {
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok().map(|_| text)
+    });
+    Some(EspView {
+        boot_loader,
+        entries,
+        loader_conf,
+    })
 }
 
 /// A step of [`install_fresh`], for progress lines.
@@ -661,21 +719,9 @@ pub fn install_fresh(
     f.sync_all().map_err(io_err("syncing", disk))?;
 
     progress(InstallStep::WriteRoot);
-    let root_report = {
-        let mut src = source
-            .open(ImagePart::Root)
-            .map_err(io_err("opening the root image stream for", disk))?;
-        let mut dest = PartitionFile::window(disk, root.name, root.start, root.size)?;
-        write_image(&mut *src, &p.images.root, &mut dest)?
-    };
+    let root_report = write_part(disk, source, ImagePart::Root, &root, &p.images.root)?;
     progress(InstallStep::WriteVerity);
-    let verity_report = {
-        let mut src = source
-            .open(ImagePart::Verity)
-            .map_err(io_err("opening the verity image stream for", disk))?;
-        let mut dest = PartitionFile::window(disk, verity.name, verity.start, verity.size)?;
-        write_image(&mut *src, &p.images.verity, &mut dest)?
-    };
+    let verity_report = write_part(disk, source, ImagePart::Verity, &verity, &p.images.verity)?;
 
     progress(InstallStep::InstallUki);
     let entry = EntryName::blessed(Slot::A, p.images.version.clone()).file_name();
@@ -749,6 +795,23 @@ pub fn install_fresh(
     })
 }
 
+/// Stream one signed image into its partition, addressed inside the
+/// whole-disk device.
+fn write_part(
+    disk: &Path,
+    source: &mut dyn ImageSource,
+    part: ImagePart,
+    row: &Row,
+    expected: &crate::slot::Expected,
+) -> Result<WriteReport, InstallError> {
+    let mut src = source.open(part).map_err(io_err(
+        format!("opening the {} image stream for", part.describe()),
+        disk,
+    ))?;
+    let mut dest = PartitionFile::window(disk, row.name, row.start, row.size)?;
+    Ok(write_image(&mut *src, expected, &mut dest)?)
+}
+
 /// Copy the tree `from` into `to` (directories, regular files with their
 /// modes, symlinks).
 fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
@@ -768,6 +831,16 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where this system's `mke2fs` is (`/usr/sbin`, `/sbin`), else the bare
+/// name for `PATH` to resolve.
+pub fn find_mke2fs() -> std::path::PathBuf {
+    ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| std::path::PathBuf::from("mke2fs"))
 }
 
 /// Make STATE: `mke2fs -d` of a staging tree straight into the partition's
@@ -913,11 +986,12 @@ mod tests {
     }
 
     fn mke2fs() -> PathBuf {
-        ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("mke2fs (e2fsprogs) is part of every Debian system")
+        let m = find_mke2fs();
+        assert!(
+            m.is_absolute(),
+            "mke2fs (e2fsprogs) is part of every Debian system"
+        );
+        m
     }
 
     fn run(f: &mut Fixture, force: bool) -> Result<FreshReport, InstallError> {
@@ -1055,6 +1129,19 @@ mod tests {
             DiskContent::Installed(e) => assert_eq!(e, ["cairn-a-1.2.3.efi"]),
             other => panic!("{other:?}"),
         }
+        let view = view_esp(&f.disk).unwrap();
+        assert!(view.boot_loader);
+        assert_eq!(view.entries, ["cairn-a-1.2.3.efi"]);
+        assert_eq!(view.loader_conf.as_deref(), Some(LOADER_CONF_TEXT));
+        assert_eq!(
+            read_esp_file(&f.disk, "EFI/Linux/cairn-a-1.2.3.efi").unwrap(),
+            f.src.uki
+        );
+        let err = read_esp_file(&f.disk, "EFI/Linux/nope.efi").unwrap_err();
+        assert!(
+            err.to_string().contains("reading EFI/Linux/nope.efi"),
+            "{err}"
+        );
         let err = run(&mut f, false).unwrap_err().to_string();
         assert!(err.contains("cairn is installed"), "{err}");
         assert!(err.contains("--force"), "{err}");

@@ -418,7 +418,14 @@ impl UpdateState {
     /// when the state changed.
     pub fn note_booted(&mut self, booted: &Booted, now_unix: u64, gate_secs: u64) -> bool {
         let trial = match &self.phase {
-            Phase::Installed { slot, version, .. } => Some((*slot, version.clone())),
+            // `verified` while running the target: the power went between
+            // the UKI's rename (the slot became bootable, and systemd-boot
+            // booted it) and saving `installed`. Nothing else boots a slot
+            // in that phase: its entries were removed before it was
+            // written.
+            Phase::Verified { slot, version, .. } | Phase::Installed { slot, version, .. } => {
+                Some((*slot, version.clone()))
+            }
             Phase::RebootRequested {
                 slot,
                 version,
@@ -696,7 +703,10 @@ pub fn watchdog(
                 "the agent did not start the health gate ({gate} s from boot, + {grace} s grace)"
             ),
         ),
-        Phase::Installed { slot, version, .. } | Phase::RebootRequested { slot, version, .. } => (
+        // (`verified` while running the target: see `note_booted`)
+        Phase::Verified { slot, version }
+        | Phase::Installed { slot, version, .. }
+        | Phase::RebootRequested { slot, version, .. } => (
             *slot,
             version,
             boot_unix.saturating_add(unnoted),
@@ -1124,6 +1134,27 @@ mod tests {
     }
 
     #[test]
+    fn a_power_cut_right_after_the_uki_rename_still_starts_the_trial() {
+        // The entry was renamed into place, the power went before
+        // `installed` was saved, and systemd-boot booted the new slot.
+        let mut s = state(Phase::Verified {
+            slot: Slot::B,
+            version: v("1.3.0"),
+        });
+        assert!(!s.note_booted(&booted(Slot::A, "1.2.0", "boot-2"), 1, 1));
+        assert!(s.phase.is_installing(), "on the old slot: resume");
+        assert!(s.note_booted(&booted(Slot::B, "1.3.0", "boot-2"), 100, 300));
+        assert_eq!(
+            s.phase,
+            Phase::BootedUnverified {
+                slot: Slot::B,
+                version: v("1.3.0"),
+                deadline_unix: 400
+            }
+        );
+    }
+
+    #[test]
     fn reboot_in_the_same_boot_does_not_start_the_gate() {
         let mut s = state(Phase::RebootRequested {
             slot: Slot::B,
@@ -1236,6 +1267,21 @@ mod tests {
             watchdog(&new, &requested, 1000, 2800, 300, 1800),
             Watchdog::Fire { reason, .. } if reason.contains("did not start the health gate within 1800 s")
         ));
+        // The power went right after the UKI's rename (still `verified`)
+        // and the new slot booted: guarded the same way; on the old slot,
+        // the install just resumes.
+        let cut = with(Phase::Verified {
+            slot: Slot::B,
+            version: v("2.0"),
+        });
+        assert_eq!(
+            watchdog(&new, &cut, 1000, 1001, 300, 1800),
+            Watchdog::Wait(2800)
+        );
+        assert_eq!(
+            watchdog(&b(Slot::A, "1.0", "boot-1"), &cut, 1000, 9999, 300, 1800),
+            Watchdog::Done
+        );
         // With the gate's limit recorded at the reboot request, that limit
         // (+ grace) counts from boot.
         let gated = with(Phase::RebootRequested {
