@@ -39,6 +39,28 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("{field} in /proc/{pid}/status"))
 }
 
+/// Resident KiB per mapped file (anonymous mappings as `[anon]`), from
+/// `/proc/PID/smaps`, largest first.
+fn by_mapping(smaps: &str) -> Vec<(String, u64)> {
+    let mut sums: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // address perms offset dev inode [path]
+            let path = f.nth(4).unwrap_or("[anon]");
+            current = path.rsplit('/').next().unwrap_or(path).to_string();
+        } else if first == "Rss:" {
+            let kib: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *sums.entry(current.clone()).or_default() += kib;
+        }
+    }
+    let mut v: Vec<(String, u64)> = sums.into_iter().filter(|(_, k)| *k > 0).collect();
+    v.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    v
+}
+
 fn write_fleet(dir: &Path, hostname: &str) -> Result<()> {
     std::fs::create_dir_all(dir.join("clusters/bench"))?;
     std::fs::create_dir_all(dir.join("nodes"))?;
@@ -207,9 +229,43 @@ pub fn run(agent_bin: &Path) -> Result<(u64, u64)> {
     }
     let peak = status_kib(pid, "VmHWM:")?;
     eprintln!(
-        "agent-rss: at the end RssAnon {} KiB, RssFile {} KiB (the binary's and shared libraries' pages)",
+        "agent-rss: at the end RssAnon {} KiB, RssFile {} KiB (the binary's and shared libraries' pages); by mapping: {}",
         status_kib(pid, "RssAnon:")?,
-        status_kib(pid, "RssFile:")?
+        status_kib(pid, "RssFile:")?,
+        by_mapping(&std::fs::read_to_string(format!("/proc/{pid}/smaps"))?)
+            .iter()
+            .take(8)
+            .map(|(name, kib)| format!("{name} {kib} KiB"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok((peak, steady))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_is_summed_per_file_and_anonymous() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r-xp 00000000 fe:01 123 /usr/bin/cairn-agent
+Size:               1024 kB
+Rss:                 600 kB
+55d0a0200000-55d0a0300000 r--p 00100000 fe:01 123 /usr/bin/cairn-agent
+Rss:                 100 kB
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0
+Rss:                2048 kB
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0 [heap]
+Rss:                 300 kB
+";
+        assert_eq!(
+            by_mapping(smaps),
+            [
+                ("[anon]".to_string(), 2048),
+                ("cairn-agent".to_string(), 700),
+                ("[heap]".to_string(), 300)
+            ]
+        );
+    }
 }

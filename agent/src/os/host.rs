@@ -129,7 +129,10 @@ pub fn mount_esp(layout: &DiskLayout) -> Result<PathBuf, String> {
             src.as_ptr(),
             tgt.as_ptr(),
             fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            // dirsync: vfat writes a renamed file's directory entry (its
+            // size and first cluster) inside rename(), not at writeback
+            // (see cairn_slots::esp)
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_DIRSYNC,
             data.as_ptr().cast(),
         )
     };

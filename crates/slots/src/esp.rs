@@ -4,9 +4,19 @@
 //! through; [`DirEsp`] is the real one over a mounted ESP, [`MemEsp`] an
 //! in-memory one with fault injection for tests. Everything that needs to
 //! survive a power cut is written as temp file + fsync + rename + fsync of
-//! the directory. (The ESP is FAT, which has no journal: this is the best a
-//! FAT file system offers, and the order of the renames is what keeps the
-//! machine bootable, see [`crate::plan`].)
+//! the file under its new name + fsync of the directory. (The ESP is FAT,
+//! which has no journal: this is the best a FAT file system offers, and
+//! the order of the renames is what keeps the machine bootable, see
+//! [`crate::plan`].)
+//!
+//! The fsync after the rename matters on Linux's vfat: a FAT directory
+//! entry holds the file's size and first cluster, and `rename` writes the
+//! new entry with size 0 (or, replacing a file, leaves the old file's
+//! cluster in it) and only marks the inode dirty; fsync of the *directory*
+//! does not write it. Until writeback (30 s later) a power cut leaves a
+//! 0-byte entry — seen in the QEMU tier as a new slot's UKI of 0 bytes and
+//! a `loader.conf` without its new `default`. The agent also mounts the
+//! ESP with `dirsync`, which makes vfat write the entry inside `rename`.
 //!
 //! Temp files are named `.cairn-<name>.tmp`: systemd-boot skips names that
 //! start with `.` and files that do not end in `.efi`, so a leftover from a
@@ -326,8 +336,17 @@ impl DirEsp {
             .map_err(Self::io("syncing directory", dir))
     }
 
+    /// After a rename: the file's directory entry under its new name (its
+    /// size and first cluster), then the directory (the old entry gone).
+    fn sync_renamed(path: &Path, dir: &Path) -> Result<(), EspError> {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(Self::io("syncing", path))?;
+        Self::sync_dir(dir)
+    }
+
     /// Write `content` to `dir/name` via `dir/tmp`: create, write, fsync,
-    /// rename, fsync dir.
+    /// rename, fsync the file, fsync dir.
     fn atomic_write(
         dir: &Path,
         tmp: &str,
@@ -352,7 +371,7 @@ impl DirEsp {
             let _ = fs::remove_file(&tmp_path);
             return result;
         }
-        Self::sync_dir(dir)
+        Self::sync_renamed(&path, dir)
     }
 }
 
@@ -419,7 +438,7 @@ impl Esp for DirEsp {
                 })
             }
         }
-        Self::sync_dir(&dir)
+        Self::sync_renamed(&b, &dir)
     }
 
     fn remove(&mut self, name: &str) -> Result<(), EspError> {
@@ -660,6 +679,91 @@ mod tests {
         assert_eq!(DirEsp::new(d.path()).list().unwrap(), ["cairn-a-1.efi"]);
         let empty = tempfile::tempdir().unwrap();
         assert!(DirEsp::new(empty.path()).list().unwrap().is_empty());
+    }
+
+    /// What a power cut would leave: the FAT image read by another reader
+    /// (not through the mount), right after each call returned.
+    #[test]
+    #[ignore = "root tier: needs root, a loop device and a kernel with vfat (the test command runs it where the kernel has vfat)"]
+    fn root_tier_vfat_holds_each_write_when_the_call_returns() {
+        use std::process::Command;
+        let _ = Command::new("modprobe").arg("vfat").status();
+        let fss = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        assert!(
+            fss.lines().any(|l| l.trim_end().ends_with("\tvfat")),
+            "this kernel has no vfat (Linux's FAT driver, whose rename this test is about); the QEMU A/B tier checks the same on the node's own kernel"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("esp.img");
+        {
+            let mut f = File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap();
+            f.set_len(64 << 20).unwrap();
+            fatfs::format_volume(&mut f, fatfs::FormatVolumeOptions::new()).unwrap();
+        }
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("util-linux");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(&img));
+        let mnt = d.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        struct Cleanup(String, PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.1).status();
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &self.0])
+                    .status();
+            }
+        }
+        let _cleanup = Cleanup(dev.clone(), mnt.clone());
+        // no dirsync: the fsyncs alone must make each step durable
+        run(Command::new("mount")
+            .args(["-t", "vfat", "-o", "umask=0077,shortname=mixed", &dev])
+            .arg(&mnt));
+        let on_disk = |path: &str| -> Option<Vec<u8>> {
+            let fs =
+                fatfs::FileSystem::new(File::open(&img).unwrap(), fatfs::FsOptions::new()).unwrap();
+            let mut out = Vec::new();
+            let mut f = fs.root_dir().open_file(path).ok()?;
+            f.read_to_end(&mut out).unwrap();
+            Some(out)
+        };
+
+        let mut esp = DirEsp::new(&mnt);
+        esp.write_loader_conf("timeout 0\n").unwrap();
+        let conf = "timeout 0\ndefault cairn-b-1.3.0+[1-9]*.efi\n";
+        esp.write_loader_conf(conf).unwrap();
+        assert_eq!(
+            on_disk(LOADER_CONF).as_deref(),
+            Some(conf.as_bytes()),
+            "loader.conf replaced"
+        );
+        let uki: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        esp.install("cairn-b-1.3.0+3.efi", &mut &uki[..], &Expected::of(&uki))
+            .unwrap();
+        let entry = on_disk("EFI/Linux/cairn-b-1.3.0+3.efi").expect("the new entry");
+        assert!(entry == uki, "the new entry holds {} bytes", entry.len());
+        esp.rename("cairn-b-1.3.0+3.efi", "cairn-b-1.3.0.efi")
+            .unwrap();
+        let blessed = on_disk("EFI/Linux/cairn-b-1.3.0.efi").expect("the renamed entry");
+        assert!(
+            blessed == uki,
+            "the renamed entry holds {} bytes",
+            blessed.len()
+        );
+        assert_eq!(on_disk("EFI/Linux/cairn-b-1.3.0+3.efi"), None);
     }
 
     #[test]
