@@ -158,12 +158,13 @@ impl AbNode {
     /// The first half of [`AbNode::power_cycle`]: the disk file then holds
     /// what the guest left behind.
     pub fn power_off(&mut self) {
-        self.earlier_boots += self.boots_this_life();
         self.guest.kill();
     }
 
     /// The second half of [`AbNode::power_cycle`].
     pub fn power_on(&mut self) -> Result<()> {
+        // the dead life's boots, counted once
+        self.earlier_boots += self.boots_this_life();
         self.lives += 1;
         self.spec.serial_log = self.out.join(format!("serial-{}.log", self.lives));
         eprintln!(
