@@ -90,8 +90,13 @@ fn write_fleet(dir: &Path, hostname: &str) -> Result<()> {
 /// Build the guest binaries, measure, print the numbers against the
 /// target and the asserted bound; true when within the bound.
 pub fn measure_and_report() -> Result<bool> {
-    let bins = crate::prepare::guest_binaries(&crate::repo_root())?;
-    let (peak, now) = run(&bins.agent)?;
+    // CAIRN_RSS_AGENT: measure another build of the agent (e.g. other
+    // linker flags) instead of the image's
+    let agent = match std::env::var_os("CAIRN_RSS_AGENT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => crate::prepare::guest_binaries(&crate::repo_root())?.agent,
+    };
+    let (peak, now) = run(&agent)?;
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
         "cairn-agent managing 1,001 objects: RSS while managing them {:.1} MiB \
