@@ -129,6 +129,16 @@ impl AbNode {
         Ok(cairn_slots::install::view_esp(&self.disk)?)
     }
 
+    /// Stage 1's "disk mode: slot X version V" line of this life (it is
+    /// there once a boot switched root, e.g. after [`AbNode::power_on`]).
+    pub fn stage1_slot_line(&mut self) -> Result<String> {
+        self.guest.wait_for_line(
+            "disk mode: slot",
+            &["cairn-init: FATAL"],
+            Duration::from_secs(5),
+        )
+    }
+
     /// How many times the guest switched root (one per boot), over all its
     /// lives.
     pub fn boots(&self) -> usize {

@@ -75,14 +75,7 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
     println!("power cut while: {line}");
     let cut = std::time::Instant::now();
     node.power_cycle().unwrap();
-    let stage1 = node
-        .guest
-        .wait_for_line(
-            "disk mode: slot",
-            &["cairn-init: FATAL"],
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap();
+    let stage1 = node.stage1_slot_line().unwrap();
     assert!(stage1.contains("slot a"), "after the power cut: {stage1}");
     // The new boot's agent takes the install up again (any install status
     // other than the one at the cut comes from it: the old one is dead).
@@ -132,14 +125,7 @@ fn disk_node_updates_a_to_b_refuses_bad_bytes_and_rolls_back_a_bad_version() {
         published.display()
     );
     node.power_on().unwrap();
-    let stage1 = node
-        .guest
-        .wait_for_line(
-            "disk mode: slot",
-            &["cairn-init: FATAL"],
-            std::time::Duration::from_secs(5),
-        )
-        .unwrap();
+    let stage1 = node.stage1_slot_line().unwrap();
     assert!(
         stage1.contains("slot b"),
         "a power cut after slot B's entry was installed: {stage1}"
