@@ -43,15 +43,24 @@ pub struct GuestBinaries {
     pub cairnctl: PathBuf,
 }
 
+/// Linker flags of the agent and cairnctl as the image ships them.
+pub const GUEST_AGENT_RUSTFLAGS: &str = "-C link-arg=-Wl,-z,pack-relative-relocs";
+
 /// Build the guest binaries in their own target dir (so this never waits
 /// on the cargo lock of the build that is running us).
 pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
     let target = repo.join("target/guest");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The agent and cairnctl: PIE with packed relative relocations
+    // (DT_RELR, glibc >= 2.36): the loader reads ~20 KiB of relocations
+    // instead of 1.4 MiB of .rela.dyn, a resident-set saving measured by
+    // the agent-rss tier. `--target` keeps the flag off proc macros; its
+    // own target dir keeps it from invalidating stage 1's build.
+    let agent_target = repo.join("target/guest-relr");
     run(Command::new(&cargo)
         .current_dir(repo)
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", &agent_target)
+        .env("RUSTFLAGS", GUEST_AGENT_RUSTFLAGS)
         .args([
             "build",
             "--profile",
@@ -59,6 +68,8 @@ pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
             "--locked",
             "-p",
             "cairn-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
         ]))?;
     // stage 1 is PID 1 in an initramfs without a libc: link it statically
     run(Command::new(&cargo)
@@ -77,8 +88,8 @@ pub fn guest_binaries(repo: &Path) -> Result<GuestBinaries> {
         ]))?;
     Ok(GuestBinaries {
         init: target.join("x86_64-unknown-linux-gnu/guest/cairn-init"),
-        agent: target.join("guest/cairn-agent"),
-        cairnctl: target.join("guest/cairnctl"),
+        agent: agent_target.join("x86_64-unknown-linux-gnu/guest/cairn-agent"),
+        cairnctl: agent_target.join("x86_64-unknown-linux-gnu/guest/cairnctl"),
     })
 }
 
