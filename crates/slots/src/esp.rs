@@ -715,22 +715,21 @@ mod tests {
             );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
-        let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(&img));
+        let lo = crate::testloop::Loop::attach(&img, &[]);
         let mnt = d.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
-        struct Cleanup(String, PathBuf);
-        impl Drop for Cleanup {
+        // unmounted before the loop device is detached (declared after it)
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
             fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(&self.1).status();
-                let _ = std::process::Command::new("losetup")
-                    .args(["-d", &self.0])
-                    .status();
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
             }
         }
-        let _cleanup = Cleanup(dev.clone(), mnt.clone());
+        let _unmount = Unmount(mnt.clone());
         // no dirsync: the fsyncs alone must make each step durable
         run(Command::new("mount")
-            .args(["-t", "vfat", "-o", "umask=0077,shortname=mixed", &dev])
+            .args(["-t", "vfat", "-o", "umask=0077,shortname=mixed"])
+            .arg(&lo.0)
             .arg(&mnt));
         let on_disk = |path: &str| -> Option<Vec<u8>> {
             let fs =

@@ -995,9 +995,20 @@ mod tests {
     }
 
     fn run(f: &mut Fixture, force: bool) -> Result<FreshReport, InstallError> {
+        let disk = f.disk.clone();
+        run_on(f, &disk, force, |_| {})
+    }
+
+    /// The fixture's install onto `disk` (its image file, or a device over it).
+    fn run_on(
+        f: &mut Fixture,
+        disk: &Path,
+        force: bool,
+        progress: impl FnMut(InstallStep),
+    ) -> Result<FreshReport, InstallError> {
         let mke2fs = mke2fs();
         let p = FreshInstall {
-            disk: &f.disk,
+            disk,
             sizes: SIZES,
             images: &f.images,
             systemd_boot: &f.boot,
@@ -1006,7 +1017,7 @@ mod tests {
             mke2fs: &mke2fs,
             force,
         };
-        install_fresh(&p, &mut f.src, |_| {})
+        install_fresh(&p, &mut f.src, progress)
     }
 
     fn region(disk: &Path, p: &PartitionInfo) -> Vec<u8> {
@@ -1043,18 +1054,8 @@ mod tests {
         let mut f = fixture(200);
         assert_eq!(inspect(&f.disk).unwrap(), DiskContent::Blank);
         let mut steps = Vec::new();
-        let mke2fs = mke2fs();
-        let p = FreshInstall {
-            disk: &f.disk,
-            sizes: SIZES,
-            images: &f.images,
-            systemd_boot: &f.boot,
-            config_etc: Some(&f.config),
-            hostname: Some("node1"),
-            mke2fs: &mke2fs,
-            force: false,
-        };
-        let report = install_fresh(&p, &mut f.src, |s| steps.push(s)).unwrap();
+        let disk = f.disk.clone();
+        let report = run_on(&mut f, &disk, false, |s| steps.push(s)).unwrap();
         assert_eq!(steps.last(), Some(&InstallStep::InstallBootLoader));
         assert_eq!(steps.len(), 7);
         assert_eq!(report.entry, "cairn-a-1.2.3.efi");
@@ -1233,44 +1234,17 @@ mod tests {
     #[ignore = "root tier: needs root and loop devices (the test command runs it)"]
     fn root_tier_fresh_install_onto_a_loop_disk() {
         let mut f = fixture(200);
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&f.disk)
-            .output()
-            .expect("run losetup (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        struct Detach(PathBuf);
-        impl Drop for Detach {
-            fn drop(&mut self) {
-                let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-            }
-        }
-        let _detach = Detach(dev.clone());
+        let lo = crate::testloop::Loop::attach(&f.disk, &["--direct-io=on".into()]);
+        let dev = lo.0.clone();
         assert!(
             PartitionFile::window(&dev, "root-a", MIB, MIB)
                 .unwrap()
                 .is_direct(),
             "a loop device takes O_DIRECT"
         );
-        let mke2fs = mke2fs();
-        let p = FreshInstall {
-            disk: &dev,
-            sizes: SIZES,
-            images: &f.images,
-            systemd_boot: &f.boot,
-            config_etc: Some(&f.config),
-            hostname: Some("node1"),
-            mke2fs: &mke2fs,
-            force: false,
-        };
-        let report = install_fresh(&p, &mut f.src, |_| {}).unwrap();
+        let report = run_on(&mut f, &dev, false, |_| {}).unwrap();
         assert_eq!(report.rows[5].start + report.rows[5].size, 199 * MIB);
-        drop(_detach);
+        drop(lo);
         // Read back through the image file: what the device wrote.
         let layout = DiskLayout::find(&GptSource::new(&f.disk)).unwrap();
         let root = region(&f.disk, &layout.root_a);

@@ -45,6 +45,9 @@ pub mod state;
 pub mod status;
 pub mod write;
 
+#[cfg(test)]
+mod testloop;
+
 pub use entry::{EntryError, EntryName, EntryState};
 pub use esp::{DirEsp, Esp, EspError, MemEsp};
 pub use layout::{DiskLayout, LayoutError, PartitionInfo};

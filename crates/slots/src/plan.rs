@@ -1481,37 +1481,10 @@ mod tests {
         );
     }
 
-    /// A loop device over a byte range of a disk image, detached on drop.
-    /// (One per partition: the kernels these tests run on may lack GPT
-    /// support, so partition scanning of a whole-disk loop is not relied on.)
-    struct Loop(PathBuf);
-
-    impl Loop {
-        fn attach(img: &Path, offset: u64, size: u64) -> Loop {
-            let out = std::process::Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(format!("--offset={offset}"))
-                .arg(format!("--sizelimit={size}"))
-                .arg(img)
-                .output()
-                .expect("run losetup (util-linux)");
-            assert!(
-                out.status.success(),
-                "losetup: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup")
-                .arg("-d")
-                .arg(&self.0)
-                .status();
-        }
-    }
+    // One loop device per partition: the kernels these tests run on may
+    // lack GPT support, so partition scanning of a whole-disk loop is not
+    // relied on.
+    use crate::testloop::Loop;
 
     fn read_dev(dev: &Path, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
@@ -1539,7 +1512,13 @@ mod tests {
             &mut layout.root_b,
             &mut layout.verity_b,
         ] {
-            let lo = Loop::attach(&img, part.start, part.size);
+            let lo = Loop::attach(
+                &img,
+                &[
+                    format!("--offset={}", part.start),
+                    format!("--sizelimit={}", part.size),
+                ],
+            );
             part.device = Some(lo.0.clone());
             loops.push(lo);
         }
