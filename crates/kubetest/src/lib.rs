@@ -76,7 +76,8 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Start etcd and the API server and wait until `/readyz` answers.
+    /// Start etcd and the API server and wait until `/readyz` answers and
+    /// the `default` namespace exists.
     pub fn start() -> Result<ControlPlane> {
         let bin = kube_bin_dir()?;
         let dir = tempfile::Builder::new()
@@ -194,14 +195,18 @@ impl ControlPlane {
                     bail!("kube-apiserver exited ({st}):\n{}", tail(&log));
                 }
             }
-            let out = Command::new("kubectl")
-                .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-                .args(["get", "--raw=/readyz"])
-                .output();
-            if let Ok(o) = out {
-                if o.status.success() {
-                    return Ok(());
-                }
+            // `/readyz` can answer before the API server's bootstrap
+            // controller has created the `default` namespace; tests that
+            // apply there must not race it, so both are facts to wait on.
+            let ok = |path: &str| {
+                Command::new("kubectl")
+                    .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                    .args(["get", &format!("--raw={path}")])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if ok("/readyz") && ok("/api/v1/namespaces/default") {
+                return Ok(());
             }
             if start.elapsed() > deadline {
                 bail!(
