@@ -55,6 +55,21 @@ pub struct SourceSettings {
     /// Seconds between polls of the repository.
     #[serde(default = "default_interval")]
     pub interval_seconds: u64,
+    /// For `ssh://` and `user@host:path` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SourceSsh>,
+}
+
+/// ssh credentials for the source (`source.ssh:`), delivered with the
+/// node's configuration like the rest of this file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSsh {
+    /// The deploy key (OpenSSH private key file, mode 0600).
+    pub private_key: PathBuf,
+    /// The server's host key(s), OpenSSH `known_hosts` format; hosts not in
+    /// it are refused.
+    pub known_hosts: PathBuf,
 }
 
 fn default_trust() -> PathBuf {
@@ -121,6 +136,30 @@ mod tests {
         assert_eq!(c.source.branch, "main");
         assert_eq!(c.interval(), Duration::from_secs(30));
         assert_eq!(c.trust, PathBuf::from("/run/cairn/trust/allowed_signers"));
+        assert_eq!(c.source.ssh, None);
+    }
+
+    #[test]
+    fn ssh_source_takes_a_deploy_key_and_known_hosts() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.yaml");
+        std::fs::write(
+            &p,
+            "source:\n  url: git@git.example.com:fleet.git\n  ssh:\n    privateKey: /etc/cairn/deploy-key\n    knownHosts: /etc/cairn/known_hosts\nkubeconfig: k\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&p).unwrap();
+        let ssh = c.source.ssh.unwrap();
+        assert_eq!(ssh.private_key, PathBuf::from("/etc/cairn/deploy-key"));
+        assert_eq!(ssh.known_hosts, PathBuf::from("/etc/cairn/known_hosts"));
+        // both are needed: a key without pinned host keys is refused
+        std::fs::write(
+            &p,
+            "source:\n  url: git@h:r\n  ssh:\n    privateKey: /k\nkubeconfig: k\n",
+        )
+        .unwrap();
+        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("knownHosts"), "{e}");
     }
 
     #[test]

@@ -135,12 +135,16 @@ impl Agent {
     pub async fn new(cfg: AgentConfig) -> Result<Agent, AgentError> {
         let trust =
             cairn_source::AllowedSigners::from_file(&cfg.trust).map_err(AgentError::Trust)?;
-        let scfg = SourceConfig::new(
+        let mut scfg = SourceConfig::new(
             cfg.source.url.clone(),
             cfg.source.branch.clone(),
             cfg.state_dir.join("source"),
             trust,
         );
+        if let Some(ssh) = &cfg.source.ssh {
+            scfg.ssh.private_key = Some(ssh.private_key.clone());
+            scfg.ssh.known_hosts = Some(ssh.known_hosts.clone());
+        }
         let source = Source::open(scfg).map_err(AgentError::Source)?;
         let client = client_from_kubeconfig(&cfg.kubeconfig).await?;
         let node_name = cfg

@@ -272,6 +272,7 @@ pub fn node_config(
             url: format!("git://10.0.2.2:{git_port}/fleet.git"),
             branch: "main".into(),
             interval_seconds: POLL_SECONDS,
+            ssh: None,
         },
         kubeconfig: "/etc/cairn/agent.kubeconfig".into(),
         trust: "/run/cairn/trust/allowed_signers".into(),

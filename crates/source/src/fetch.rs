@@ -7,10 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid, ProxyOptions,
-    RemoteCallbacks, Repository,
-};
+use git2::{AutotagOption, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use crate::{error::FetchLimitKind, SourceConfig, SourceError};
 
@@ -45,16 +42,19 @@ impl Default for FetchLimits {
     }
 }
 
-/// ssh transport settings.
+/// ssh transport settings. Fetches over ssh run the system OpenSSH client
+/// (`ssh`) in batch mode with strict host-key checking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SshOptions {
     /// Private key to authenticate with (the user is the one in the URL, or
-    /// `git`). Without it, only anonymous ssh is tried.
+    /// `git`). Without it, ssh tries its default identities.
     pub private_key: Option<std::path::PathBuf>,
-    /// An OpenSSH `known_hosts` file the server's host key must be in
-    /// (plain host patterns; hashed entries are not supported). Without it
-    /// libgit2 checks `~/.ssh/known_hosts` and refuses unknown hosts.
+    /// An OpenSSH `known_hosts` file the server's host key must be in.
+    /// Without it ssh checks `~/.ssh/known_hosts` and the system's, and
+    /// refuses unknown hosts.
     pub known_hosts: Option<std::path::PathBuf>,
+    /// The ssh client program (default: `ssh` from `PATH`).
+    pub command: Option<std::path::PathBuf>,
 }
 
 /// Fetch `refs/heads/<branch>` from the configured URL into
@@ -64,19 +64,21 @@ pub(crate) fn fetch_branch(
     cache_path: &Path,
     cfg: &SourceConfig,
 ) -> Result<Oid, SourceError> {
-    let url = cfg.url.as_str();
+    // errors and logs show the URL without a password or token
+    let shown = redact(&cfg.url);
+    let url = shown.as_str();
     let fetch_err = |source| SourceError::Fetch {
         url: url.to_string(),
         source,
     };
-    let known_hosts = match &cfg.ssh.known_hosts {
-        Some(p) => Some(KnownHosts::read(p)?),
-        None => None,
-    };
-
     let _guard = FETCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     set_socket_timeouts(cfg.limits.max_duration);
     durable_writes();
+    crate::transport::configure(crate::transport::Settings {
+        timeout: cfg.limits.max_duration,
+        ssh: cfg.ssh.clone(),
+    })
+    .map_err(fetch_err)?;
 
     // A stale ref must not stand in for a branch the remote no longer has:
     // move it aside (it stays a "have" for negotiation, so a poll after a
@@ -98,7 +100,7 @@ pub(crate) fn fetch_branch(
             .map_err(git_err("deleting the previous fetch ref"))?;
     }
 
-    let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
+    let mut remote = repo.remote_anonymous(&cfg.url).map_err(fetch_err)?;
     let start = Instant::now();
     let limits = cfg.limits;
     let hit: Cell<Option<FetchLimitKind>> = Cell::new(None);
@@ -110,8 +112,6 @@ pub(crate) fn fetch_branch(
             false
         }
     };
-    let auth_attempts = Cell::new(0u32);
-
     let mut cbs = RemoteCallbacks::new();
     cbs.transfer_progress(|p| {
         if p.received_bytes() as u64 > limits.max_bytes {
@@ -121,42 +121,11 @@ pub(crate) fn fetch_branch(
         !over_time()
     });
     cbs.sideband_progress(|_| !over_time());
-    cbs.credentials(|_url, user, allowed| {
-        auth_attempts.set(auth_attempts.get() + 1);
-        if auth_attempts.get() > 3 {
-            return Err(git2::Error::from_str("authentication failed"));
-        }
-        let user = user.unwrap_or("git");
-        if allowed.contains(CredentialType::USERNAME) {
-            return Cred::username(user);
-        }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            if let Some(key) = &cfg.ssh.private_key {
-                return Cred::ssh_key(user, None, key, None);
-            }
-        }
-        Err(git2::Error::from_str(
-            "the remote asks for credentials and none are configured (only ssh keys are supported)",
-        ))
-    });
-    cbs.certificate_check(move |cert, host| match (&known_hosts, cert.as_hostkey()) {
-        (Some(kh), Some(hostkey)) => match hostkey.hostkey() {
-            Some(key) if kh.allows(host, key) => Ok(CertificateCheckStatus::CertificateOk),
-            _ => Err(git2::Error::from_str(&format!(
-                "ssh host key of {host} is not in the configured known_hosts"
-            ))),
-        },
-        // TLS: OpenSSL already checked the chain against the system CAs.
-        _ => Ok(CertificateCheckStatus::CertificatePassthrough),
-    });
 
-    let mut proxy = ProxyOptions::new();
-    proxy.auto();
     let mut fo = FetchOptions::new();
     fo.remote_callbacks(cbs)
         .download_tags(AutotagOption::None)
-        .update_fetchhead(false)
-        .proxy_options(proxy);
+        .update_fetchhead(false);
     let refspec = format!("+refs/heads/{}:{FETCHED_REF}", cfg.branch);
     log::debug!("fetching {url} branch {}", cfg.branch);
     let result = remote.fetch(&[refspec.as_str()], Some(&mut fo), None);
@@ -251,73 +220,40 @@ fn set_socket_timeouts(limit: Duration) {
     }
 }
 
-/// A minimal OpenSSH `known_hosts`: plain (unhashed) host patterns.
-struct KnownHosts {
-    entries: Vec<(String, Vec<u8>, bool)>,
+/// `scheme://user:secret@host/…` with the secret replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            if rest[..at].contains(':') {
+                format!("{scheme}://{user}:***{}", &rest[at..])
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
-impl KnownHosts {
-    fn read(path: &Path) -> Result<Self, SourceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SourceError::State {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut entries = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let mut hosts = fields.next().unwrap_or("");
-            let mut revoked = false;
-            if hosts.starts_with('@') {
-                // @revoked keys are refused; @cert-authority is unsupported.
-                if hosts != "@revoked" {
-                    continue;
-                }
-                revoked = true;
-                hosts = fields.next().unwrap_or("");
-            }
-            if hosts.starts_with('|') {
-                log::warn!(
-                    "{}: hashed known_hosts entries are not supported",
-                    path.display()
-                );
-                continue;
-            }
-            let (Some(kind), Some(b64)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            let Ok(key) = ssh_key::PublicKey::from_openssh(&format!("{kind} {b64}")) else {
-                continue;
-            };
-            let Ok(blob) = key.to_bytes() else { continue };
-            entries.push((hosts.to_string(), blob, revoked));
-        }
-        Ok(KnownHosts { entries })
-    }
+#[cfg(test)]
+mod tests {
+    use super::redact;
 
-    fn allows(&self, host: &str, key: &[u8]) -> bool {
-        let matches = |patterns: &str| {
-            patterns.split(',').any(|p| {
-                // `[host]:port` entries: libgit2 gives us the host only.
-                let p = p
-                    .strip_prefix('[')
-                    .and_then(|r| r.split_once("]:").map(|(h, _)| h))
-                    .unwrap_or(p);
-                crate::signers::match_pattern(host.as_bytes(), p.as_bytes())
-            })
-        };
-        let mut ok = false;
-        for (patterns, blob, revoked) in &self.entries {
-            if blob.as_slice() == key && matches(patterns) {
-                if *revoked {
-                    return false;
-                }
-                ok = true;
-            }
-        }
-        ok
+    #[test]
+    fn secrets_in_urls_are_not_shown() {
+        assert_eq!(
+            redact("https://ci:glpat-123@git.example.com/fleet.git"),
+            "https://ci:***@git.example.com/fleet.git"
+        );
+        assert_eq!(
+            redact("https://git.example.com/a@b"),
+            "https://git.example.com/a@b"
+        );
+        assert_eq!(redact("ssh://git@h/r"), "ssh://git@h/r");
+        assert_eq!(redact("git@h:r"), "git@h:r");
     }
 }

@@ -72,13 +72,15 @@
 //!
 //! # Transport
 //!
-//! git2 (libgit2) with its own transports: `https://` over the **system
-//! OpenSSL** (git2's `https` feature), `ssh://` and scp-like URLs over
-//! libssh2 (`ssh` feature), `git://` and `file://`/paths built in. libgit2
-//! has no rustls backend (using rustls would mean replacing its HTTP
-//! transport, e.g. through libcurl, for no gain here); OpenSSL uses the
-//! image's CA store and gets security fixes with the image. TLS trust is
-//! not what protects the content anyway: signatures do.
+//! libgit2 (git2) for `git://` and local paths; `http://`/`https://` and
+//! ssh are this crate's own, registered with libgit2: Git's smart HTTP
+//! protocol over `ureq` + rustls (Mozilla's roots; credentials as
+//! `https://USER:TOKEN@host/…`; `http(s)_proxy` honoured), and ssh through
+//! the system OpenSSH client in batch mode with strict host-key checking
+//! ([`SshOptions`]: key, `known_hosts`). libgit2 is built without OpenSSL
+//! and libssh2: with them it initializes OpenSSL in every process that
+//! opens a repository, ~4 MiB resident in the long-running agent. TLS
+//! trust is not what protects the content anyway: signatures do.
 //!
 //! Fetches are always full-depth into a bare cache (`state_dir/cache.git`),
 //! only `refs/heads/<branch>`, no tags. A cache that turned shallow, or a
@@ -112,6 +114,7 @@ mod fetch;
 pub mod parse;
 mod signers;
 mod state;
+mod transport;
 mod verify;
 
 use std::{
