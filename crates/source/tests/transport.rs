@@ -201,7 +201,6 @@ struct HttpBackend {
 
 impl HttpBackend {
     fn start(f: &Fixture, auth: Option<&str>) -> HttpBackend {
-        use std::io::{BufRead, BufReader, Read, Write};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let root = f.dir.path().to_path_buf();
@@ -220,74 +219,90 @@ impl HttpBackend {
                 if stopped.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let target = parts.next().unwrap_or("").to_string();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    let h = h.trim_end().to_string();
-                    if h.is_empty() {
-                        break;
-                    }
-                    let (k, v) = h.split_once(':').unwrap();
-                    headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
-                }
-                let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-                let mut body =
-                    vec![0u8; header("content-length").map_or(0, |l| l.parse().unwrap())];
-                reader.read_exact(&mut body).unwrap();
-                if auth.is_some() && header("authorization") != auth {
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
-                    continue;
-                }
-                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-                let mut cgi = common::git_cmd(&root, &home)
-                    .arg("http-backend")
-                    .env("GIT_PROJECT_ROOT", &root)
-                    .env("GIT_HTTP_EXPORT_ALL", "1")
-                    .env("REQUEST_METHOD", &method)
-                    .env("PATH_INFO", path)
-                    .env("QUERY_STRING", query)
-                    .env("CONTENT_TYPE", header("content-type").unwrap_or_default())
-                    .env("CONTENT_LENGTH", body.len().to_string())
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
-                cgi.stdin.take().unwrap().write_all(&body).unwrap();
-                let out = cgi.wait_with_output().unwrap().stdout;
-                let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                let cgi_headers = String::from_utf8_lossy(&out[..split]).to_string();
-                let status = cgi_headers
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Status: "))
-                    .unwrap_or("200 OK")
-                    .to_string();
-                let payload = &out[split + 4..];
-                let mut resp = format!("HTTP/1.1 {status}\r\n");
-                for l in cgi_headers.lines().filter(|l| !l.starts_with("Status: ")) {
-                    resp.push_str(l);
-                    resp.push_str("\r\n");
-                }
-                resp.push_str(&format!(
-                    "Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    payload.len()
-                ));
-                let _ = conn.write_all(resp.as_bytes());
-                let _ = conn.write_all(payload);
+                let Ok(conn) = conn else { continue };
+                // a broken connection is the client's business, never the server's end
+                let _ = serve_cgi(conn, &root, &home, auth.as_deref());
             }
         });
         HttpBackend { port, stop }
     }
+}
+
+/// Answer one request on `conn` with `git http-backend` (CGI).
+fn serve_cgi(
+    mut conn: std::net::TcpStream,
+    root: &std::path::Path,
+    home: &std::path::Path,
+    auth: Option<&str>,
+) -> std::io::Result<()> {
+    use std::io::{self, BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end().to_string();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| io::Error::other("bad header"))?;
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut body = vec![0u8; header("content-length").map_or(0, |l| l.parse().unwrap_or(0))];
+    reader.read_exact(&mut body)?;
+    if auth.is_some() && header("authorization").as_deref() != auth {
+        return conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut cgi = common::git_cmd(root, home)
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", header("content-type").unwrap_or_default())
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = cgi.stdin.take() {
+        stdin.write_all(&body)?;
+    }
+    let out = cgi.wait_with_output()?.stdout;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io::Error::other("no CGI header end"))?;
+    let cgi_headers = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = cgi_headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Status: "))
+        .unwrap_or("200 OK")
+        .to_string();
+    let payload = &out[split + 4..];
+    let mut resp = format!("HTTP/1.1 {status}\r\n");
+    for l in cgi_headers.lines().filter(|l| !l.starts_with("Status: ")) {
+        resp.push_str(l);
+        resp.push_str("\r\n");
+    }
+    resp.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    ));
+    conn.write_all(resp.as_bytes())?;
+    conn.write_all(payload)
 }
 
 impl Drop for HttpBackend {
