@@ -19,6 +19,8 @@ PKGS=(
   pkg-config libssl-dev
   # signing and git server
   git openssh-client
+  # the root tier's git fetch through a real sshd on loopback
+  openssh-server
   # PXE
   ipxe-qemu
 )

@@ -242,7 +242,7 @@ pub fn run_all(no_qemu: bool) -> Result<bool> {
         results.push((
             "root",
             tier(
-                "root: slot install onto loop devices (O_DIRECT, broken download, resume), a fresh disk install onto a loop disk, ESP writes on vfat",
+                "root: slot install onto loop devices (O_DIRECT, broken download, resume), a fresh disk install onto a loop disk, ESP writes on vfat, a git fetch through a real sshd (pinned host key)",
                 &mut root,
             ),
         ));

@@ -682,4 +682,144 @@ mod tests {
         assert_eq!(a[a.len() - 2], "h");
         assert_eq!(a[a.len() - 1], r"git-upload-pack '/it'\''s.git'");
     }
+
+    /// sshd on loopback with a throwaway host key; killed on drop.
+    struct Sshd {
+        child: Child,
+        port: u16,
+        dir: tempfile::TempDir,
+    }
+
+    impl Drop for Sshd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn keygen(path: &std::path::Path) -> String {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "cairn-test", "-f"])
+            .arg(path)
+            .status()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(st.success(), "ssh-keygen: {st}");
+        std::fs::read_to_string(path.with_extension("pub")).unwrap()
+    }
+
+    fn start_sshd() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        let client_pub = keygen(&d.join("client_key"));
+        std::fs::write(d.join("authorized_keys"), client_pub).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        // sshd's privilege-separation directory
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("/usr/sbin/sshd (openssh-server, installed by install-deps.sh)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd did not listen on {port}: {}",
+                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { child, port, dir }
+    }
+
+    /// A bare repository with one commit on `main`.
+    fn upstream(path: &std::path::Path) -> git2::Oid {
+        let repo = git2::Repository::init_bare(path).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let blob = repo.blob(b"hello\n").unwrap();
+        let mut tb = repo.treebuilder(None).unwrap();
+        tb.insert("a", blob, 0o100644).unwrap();
+        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "one", &tree, &[])
+            .unwrap()
+    }
+
+    fn fetch(url: &str, ssh: SshOptions, into: &std::path::Path) -> Result<git2::Oid, Error> {
+        configure(Settings {
+            timeout: Duration::from_secs(60),
+            ssh,
+        })?;
+        let repo = git2::Repository::init_bare(into)?;
+        repo.remote_anonymous(url)?
+            .fetch(&["+refs/heads/main:refs/fetched"], None, None)?;
+        let id = repo.refname_to_id("refs/fetched")?;
+        Ok(id)
+    }
+
+    #[test]
+    #[ignore = "root tier: runs OpenSSH's sshd on loopback (as root; openssh-server from install-deps.sh)"]
+    fn root_tier_fetch_over_real_openssh_with_pinned_host_key() {
+        let sshd = start_sshd();
+        let d = sshd.dir.path();
+        let tip = upstream(&d.join("upstream.git"));
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+        let known = d.join("known_hosts");
+        std::fs::write(&known, format!("[127.0.0.1]:{} {host_pub}", sshd.port)).unwrap();
+        let opts = SshOptions {
+            private_key: Some(d.join("client_key")),
+            known_hosts: Some(known.clone()),
+            command: None,
+        };
+        let url = format!(
+            "ssh://root@127.0.0.1:{}{}/upstream.git",
+            sshd.port,
+            d.display()
+        );
+        let got = fetch(&url, opts.clone(), &d.join("local-1.git")).unwrap_or_else(|e| {
+            panic!(
+                "fetch over ssh: {e}\nsshd log:\n{}",
+                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+            )
+        });
+        assert_eq!(got, tip);
+
+        // a host key that is not the pinned one: ssh refuses, and says so
+        let other = keygen(&d.join("other_key"));
+        std::fs::write(&known, format!("[127.0.0.1]:{} {other}", sshd.port)).unwrap();
+        let err = fetch(&url, opts.clone(), &d.join("local-2.git")).unwrap_err();
+        assert!(
+            err.message().contains("Host key verification failed"),
+            "{}",
+            err.message()
+        );
+
+        // the right host, a key the server does not know: refused
+        std::fs::write(&known, format!("[127.0.0.1]:{} {host_pub}", sshd.port)).unwrap();
+        let wrong_client = SshOptions {
+            private_key: Some(d.join("other_key")),
+            ..opts
+        };
+        let err = fetch(&url, wrong_client, &d.join("local-3.git")).unwrap_err();
+        assert!(
+            err.message().contains("Permission denied"),
+            "{}",
+            err.message()
+        );
+    }
 }
