@@ -27,8 +27,8 @@ pub struct FetchLimits {
     pub max_bytes: u64,
     /// Abort once the fetch has run this long. It is checked whenever data
     /// arrives, and the same value is the socket connect and read timeout,
-    /// so a stalled server is given up on too (git://, http(s)://; over
-    /// ssh:// stall detection is libssh2's).
+    /// so a stalled server is given up on too (git://, http(s)://, and
+    /// ssh, where ssh is killed after this long without data).
     pub max_duration: Duration,
 }
 

@@ -20,7 +20,7 @@
 use std::{
     io::{self, Read, Write},
     path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex, Once},
     time::Duration,
 };
@@ -484,7 +484,28 @@ impl SmartSubtransport for Ssh {
                         ))
                     })?;
                 let stdin = child.stdin.take();
-                let stdout = child.stdout.take();
+                // stdout is read on a thread too, so a server that stops
+                // sending is given up on after the fetch's time limit
+                let (tx, stdout) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+                if let Some(mut out) = child.stdout.take() {
+                    std::thread::spawn(move || loop {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        match out.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                buf.truncate(n);
+                                if tx.send(Ok(buf)).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                break;
+                            }
+                        }
+                    });
+                }
                 // stderr is drained on a thread (ssh must never block on
                 // it) and kept for the error message, last 4 KiB.
                 let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -507,7 +528,10 @@ impl SmartSubtransport for Ssh {
                 Ok(Box::new(SshStream {
                     child,
                     stdin,
-                    stdout,
+                    stdout: Some(stdout),
+                    pending: Vec::new(),
+                    taken: 0,
+                    timeout: self.settings.timeout,
                     stderr,
                     stderr_thread,
                     host: remote.host,
@@ -525,7 +549,13 @@ impl SmartSubtransport for Ssh {
 struct SshStream {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: Option<ChildStdout>,
+    /// What ssh wrote to stdout, in chunks; closed at its end.
+    stdout: Option<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
+    /// The chunk being read, and how much of it was.
+    pending: Vec<u8>,
+    taken: usize,
+    /// How long a read waits for data before ssh is killed.
+    timeout: Duration,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     host: String,
@@ -564,16 +594,40 @@ impl SshStream {
 
 impl Read for SshStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &mut self.stdout {
-            Some(out) => out.read(buf)?,
-            None => 0,
-        };
-        if n == 0 && !buf.is_empty() {
-            self.stdout = None;
-            if let Some(e) = self.failure() {
-                return Err(e);
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.taken == self.pending.len() {
+            let Some(rx) = &self.stdout else { return Ok(0) };
+            match rx.recv_timeout(self.timeout) {
+                Ok(Ok(chunk)) => {
+                    self.pending = chunk;
+                    self.taken = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "ssh to {}: no data for {:?}; gave up",
+                            self.host, self.timeout
+                        ),
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // end of ssh's output
+                    self.stdout = None;
+                    return match self.failure() {
+                        Some(e) => Err(e),
+                        None => Ok(0),
+                    };
+                }
             }
         }
+        let n = buf.len().min(self.pending.len() - self.taken);
+        buf[..n].copy_from_slice(&self.pending[self.taken..self.taken + n]);
+        self.taken += n;
         Ok(n)
     }
 }

@@ -483,3 +483,33 @@ fn stalled_http_server_hits_the_time_limit() {
     );
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[test]
+fn stalled_ssh_hits_the_time_limit() {
+    let f = Fixture::new();
+    let alice = f.key("alice");
+    f.commit(Some(&alice), "one", &[("a", "1")]);
+    // connects, then never says anything
+    let (ssh, _) = fake_ssh(&f, "exec sleep 600");
+    let mut cfg = f.config(&alice.signer_line(""));
+    cfg.url = "ssh://git.example/fleet.git".into();
+    cfg.ssh.command = Some(ssh);
+    cfg.limits = FetchLimits {
+        max_duration: Duration::from_secs(1),
+        ..FetchLimits::default()
+    };
+    let start = Instant::now();
+    let err = pull(cfg).unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            err,
+            SourceError::FetchLimit {
+                limit: FetchLimitKind::Time(_),
+                ..
+            }
+        ),
+        "expected FetchLimit, got {err:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
