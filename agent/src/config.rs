@@ -123,16 +123,20 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn minimal_config_gets_defaults() {
+    /// Load `yaml` as `agent.yaml` from a scratch directory.
+    fn load(yaml: &str) -> Result<AgentConfig, ConfigError> {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("agent.yaml");
-        std::fs::write(
-            &p,
+        std::fs::write(&p, yaml).unwrap();
+        AgentConfig::load(&p)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(
             "source:\n  url: git://10.0.2.2/fleet.git\nkubeconfig: /etc/cairn/agent.kubeconfig\n",
         )
         .unwrap();
-        let c = AgentConfig::load(&p).unwrap();
         assert_eq!(c.source.branch, "main");
         assert_eq!(c.interval(), Duration::from_secs(30));
         assert_eq!(c.trust, PathBuf::from("/run/cairn/trust/allowed_signers"));
@@ -141,42 +145,31 @@ mod tests {
 
     #[test]
     fn ssh_source_takes_a_deploy_key_and_known_hosts() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("agent.yaml");
-        std::fs::write(
-            &p,
+        let c = load(
             "source:\n  url: git@git.example.com:fleet.git\n  ssh:\n    privateKey: /etc/cairn/deploy-key\n    knownHosts: /etc/cairn/known_hosts\nkubeconfig: k\n",
         )
         .unwrap();
-        let c = AgentConfig::load(&p).unwrap();
         let ssh = c.source.ssh.unwrap();
         assert_eq!(ssh.private_key, PathBuf::from("/etc/cairn/deploy-key"));
         assert_eq!(ssh.known_hosts, PathBuf::from("/etc/cairn/known_hosts"));
         // both are needed: a key without pinned host keys is refused
-        std::fs::write(
-            &p,
-            "source:\n  url: git@h:r\n  ssh:\n    privateKey: /k\nkubeconfig: k\n",
-        )
-        .unwrap();
-        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        let e = load("source:\n  url: git@h:r\n  ssh:\n    privateKey: /k\nkubeconfig: k\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("knownHosts"), "{e}");
     }
 
     #[test]
     fn unknown_keys_and_zero_interval_are_errors_naming_the_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("agent.yaml");
-        std::fs::write(&p, "source:\n  url: x\n  intervl: 3\nkubeconfig: k\n").unwrap();
-        let e = AgentConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("agent.yaml") && e.contains("intervl"), "{e}");
-        std::fs::write(
-            &p,
-            "source:\n  url: x\n  intervalSeconds: 0\nkubeconfig: k\n",
-        )
-        .unwrap();
-        assert!(AgentConfig::load(&p)
+        let e = load("source:\n  url: x\n  intervl: 3\nkubeconfig: k\n")
             .unwrap_err()
-            .to_string()
-            .contains("at least 1"));
+            .to_string();
+        assert!(e.contains("agent.yaml") && e.contains("intervl"), "{e}");
+        assert!(
+            load("source:\n  url: x\n  intervalSeconds: 0\nkubeconfig: k\n")
+                .unwrap_err()
+                .to_string()
+                .contains("at least 1")
+        );
     }
 }

@@ -50,10 +50,10 @@ pub(crate) fn configure(settings: Settings) -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        // SAFETY: `register` must not race the creation of other transports.
         // This runs once per process, under the fetch lock, and every
         // libgit2 network operation in this process is a fetch made by
         // this crate under that lock.
+        // SAFETY: so no transport is being created while `register` runs.
         result = unsafe {
             git2::transport::register("http", http_factory)
                 .and_then(|()| git2::transport::register("https", http_factory))
@@ -71,7 +71,7 @@ fn current() -> Settings {
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .unwrap_or(Settings {
-            timeout: Duration::from_secs(300),
+            timeout: crate::FetchLimits::default().max_duration,
             ssh: SshOptions::default(),
         })
 }
@@ -209,23 +209,16 @@ fn http_call(
                 r.status_text()
             )))
         }
+        // (a timeout is told by the fetch's elapsed time, not by its kind)
         Err(ureq::Error::Transport(t)) => {
             let source = std::error::Error::source(&t)
                 .map(|s| format!(": {s}"))
                 .unwrap_or_default();
-            let kind = if t.kind() == ureq::ErrorKind::Io && is_timeout(&t) {
-                io::ErrorKind::TimedOut
-            } else {
-                io::ErrorKind::Other
-            };
-            return Err(io::Error::new(
-                kind,
-                format!(
-                    "{what}: {}{}{source}",
-                    t.kind(),
-                    t.message().map(|m| format!(" ({m})")).unwrap_or_default()
-                ),
-            ));
+            return Err(io::Error::other(format!(
+                "{what}: {}{}{source}",
+                t.kind(),
+                t.message().map(|m| format!(" ({m})")).unwrap_or_default()
+            )));
         }
     };
     if resp.content_type() != content_type {
@@ -235,20 +228,6 @@ fn http_call(
         )));
     }
     Ok(resp)
-}
-
-fn is_timeout(t: &ureq::Transport) -> bool {
-    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
-    while let Some(err) = e {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-            );
-        }
-        e = err.source();
-    }
-    false
 }
 
 /// The ref advertisement: read-only.
@@ -286,8 +265,8 @@ impl Read for PostStream {
                 .request
                 .take()
                 .ok_or_else(|| io::Error::other("the upload-pack request failed before"))?;
-            let resp = http_call(request, Some(&self.body), RESULT, "the upload-pack request")?;
-            self.body = Vec::new();
+            let body = std::mem::take(&mut self.body);
+            let resp = http_call(request, Some(&body), RESULT, "the upload-pack request")?;
             self.response = Some(resp.into_reader());
         }
         match &mut self.response {
